@@ -1,0 +1,32 @@
+"""Chooses the hot-path implementation: compiled (ext/) or its pure-Python twin.
+
+``HUBBUB_NO_EXTENSIONS=1`` forces the pure twin; otherwise the compiled
+modules are used when they import. ``NATIVE`` says which one is loaded (CI
+asserts it, so a silent fallback cannot pass unnoticed).
+"""
+from __future__ import annotations
+
+import os
+
+NATIVE = False
+if os.environ.get("HUBBUB_NO_EXTENSIONS") != "1":
+    try:
+        from ._fanout import Subscription, TagFilter, fanout
+        from ._ring import Outbox
+        from ._trie import Trie
+
+        NATIVE = True
+    except ImportError:
+        pass
+
+if not NATIVE:
+    from ._fanout_py import Subscription, TagFilter, fanout  # noqa: F811
+    from ._ring_py import Outbox  # noqa: F811
+    from ._trie_py import Trie  # noqa: F811
+
+from ._ring_py import DISCONNECT, DROP_OLDEST, OVERFLOW, QUEUED, WAKE  # noqa: E402
+
+__all__ = [
+    "NATIVE", "Trie", "Outbox", "Subscription", "TagFilter", "fanout",
+    "QUEUED", "WAKE", "OVERFLOW", "DROP_OLDEST", "DISCONNECT",
+]

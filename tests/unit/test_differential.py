@@ -1,0 +1,132 @@
+"""The compiled core and its pure-Python twin, fed the SAME random operation
+sequences, must agree on everything observable: matches (and their order),
+drain order, bytes, drops, conflation, wake-ups and overflows."""
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hubbub._trie_py import pattern_matches
+
+from ..conftest import NATIVE, PURE
+
+pytestmark = pytest.mark.skipif(NATIVE is None, reason="compiled core not built")
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+literal = st.sampled_from(["a", "b", "c", "$s"])
+topics = st.lists(literal, min_size=1, max_size=4).map(".".join)
+
+
+@st.composite
+def patterns(draw):
+    body = draw(st.lists(st.one_of(literal, st.just("*")), min_size=0, max_size=4))
+    if not body or draw(st.booleans()):
+        body.append(draw(st.sampled_from([">", "*", "a"])))
+    return ".".join(body)
+
+
+trie_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("sub"), patterns(), st.integers(0, 5)),
+        st.tuples(st.just("unsub"), patterns(), st.integers(0, 5)),
+        st.tuples(st.just("match"), topics),
+    ),
+    max_size=60,
+)
+
+
+@SETTINGS
+@given(ops=trie_ops, cache_size=st.sampled_from([0, 1, 2, 8, 4096]))
+def test_trie_twins_agree_and_match_the_naive_oracle(ops, cache_size):
+    native, pure = NATIVE.Trie(cache_size), PURE.Trie(cache_size)
+    held = set()
+    for op in ops:
+        if op[0] == "match":
+            got = native.match(op[1])
+            assert got == pure.match(op[1])
+            assert got == native.match_uncached(op[1])
+            expected = sorted(s for p, s in held if pattern_matches(p.split("."), op[1]))
+            assert sorted(got) == expected
+        else:
+            _, pattern, sub = op
+            method = "subscribe" if op[0] == "sub" else "unsubscribe"
+            assert getattr(native, method)(pattern, sub) == getattr(pure, method)(pattern, sub)
+            (held.add if op[0] == "sub" else held.discard)((pattern, sub))
+        assert len(native) == len(pure) == len(held)
+        assert native.cached == pure.cached
+
+
+ring_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("push"), st.integers(0, 24), st.integers(0, 3),
+                  st.one_of(st.none(), st.integers(0, 3))),
+        st.tuples(st.just("drain"), st.integers(1, 6), st.integers(1, 64)),
+        st.tuples(st.just("rearm")),
+        st.tuples(st.just("take_dropped")),
+    ),
+    max_size=80,
+)
+
+
+def _observe(box):
+    return (len(box), box.nbytes, box.dropped, box.dropped_total, box.armed)
+
+
+@SETTINGS
+@given(ops=ring_ops, max_messages=st.integers(1, 8), max_bytes=st.integers(1, 64),
+       policy=st.sampled_from([0, 1]), separator=st.sampled_from([b"", b"\n"]))
+def test_outbox_twins_agree(ops, max_messages, max_bytes, policy, separator):
+    native = NATIVE.Outbox(max_messages, max_bytes, policy, separator)
+    pure = PURE.Outbox(max_messages, max_bytes, policy, separator)
+    for n, op in enumerate(ops):
+        if op[0] == "push":
+            _, size, priority, key = op
+            frame = (b"<%d>" % n + b"x" * size)[:size]
+            assert native.push(frame, priority, key) == pure.push(frame, priority, key)
+        elif op[0] == "drain":
+            assert native.drain(op[1], op[2]) == pure.drain(op[1], op[2])
+        elif op[0] == "rearm":
+            native.armed = pure.armed = True
+        else:
+            assert native.take_dropped() == pure.take_dropped()
+        assert _observe(native) == _observe(pure)
+    assert native.drain() == pure.drain()
+
+
+@st.composite
+def fanout_cases(draw):
+    n_boxes = draw(st.integers(1, 6))
+    limits = [(draw(st.integers(1, 4)), draw(st.integers(8, 64)), draw(st.sampled_from([0, 1])))
+              for _ in range(n_boxes)]
+    filters = [None, (("r", frozenset({"eu"})),), (("r", frozenset({"eu", "us"})), ("l", frozenset({"hi"})))]
+    subs = draw(st.lists(st.tuples(st.integers(0, n_boxes - 1), st.integers(0, 1),
+                                   st.integers(0, len(filters) - 1)), min_size=1, max_size=12))
+    pubs = draw(st.lists(st.tuples(
+        st.sampled_from([None, {"r": "eu"}, {"r": "us", "l": "hi"}, {"l": "hi"}]),
+        st.integers(0, 3), st.one_of(st.none(), st.integers(0, 2)),
+        st.integers(0, n_boxes),  # how many outboxes drain after this publication
+    ), max_size=30))
+    return limits, filters, subs, pubs
+
+
+@SETTINGS
+@given(case=fanout_cases())
+def test_fanout_twins_agree(case):
+    limits, filter_specs, sub_specs, pubs = case
+    worlds = []
+    for core in (NATIVE, PURE):
+        boxes = [core.Outbox(m, b, p, b"|") for m, b, p in limits]
+        filters = [None if spec is None else core.TagFilter(spec) for spec in filter_specs]
+        subs = tuple(core.Subscription(boxes[i], fmt, "t", filters[f]) for i, fmt, f in sub_specs)
+        worlds.append((core, boxes, subs))
+    for seq, (tags, priority, key, drains) in enumerate(pubs, start=1):
+        frames = (b"s%d" % seq, b"w%d" % seq)
+        seen = []
+        for core, boxes, subs in worlds:
+            woken, overflowed = [], []
+            delivered = core.fanout(subs, tags, frames, priority, key, seq, woken, overflowed)
+            index = {id(b): i for i, b in enumerate(boxes)}
+            drained = [boxes[i].drain(3) for i in range(drains)]
+            seen.append((delivered, [index[id(b)] for b in woken], [index[id(b)] for b in overflowed],
+                         drained, [(len(b), b.nbytes, b.dropped) for b in boxes]))
+        assert seen[0] == seen[1]
