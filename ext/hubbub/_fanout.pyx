@@ -36,15 +36,13 @@ cdef class Subscription:
     cdef readonly int fmt
     cdef readonly str pattern
     cdef readonly TagFilter filter
-    cdef readonly object owner
     cdef object __weakref__
 
-    def __init__(self, Outbox outbox not None, int fmt, str pattern, TagFilter filter=None, owner=None):
+    def __init__(self, Outbox outbox not None, int fmt, str pattern, TagFilter filter=None):
         self.outbox = outbox
         self.fmt = fmt
         self.pattern = pattern
         self.filter = filter
-        self.owner = owner
 
 
 def fanout(tuple subs, object tags, tuple frames, int priority, object key,

@@ -39,6 +39,7 @@ cdef class Outbox:
     cdef readonly Py_ssize_t nbytes
     cdef public Py_ssize_t dropped
     cdef readonly Py_ssize_t dropped_total
+    cdef public object owner  # the connection whose writer drains this outbox
     cdef dict _keys
     cdef object __weakref__
 

@@ -89,6 +89,7 @@ cdef class Outbox:
         self.dropped = 0
         self.dropped_total = 0
         self._keys = {}
+        self.owner = None
 
     def __len__(self):
         return self.count

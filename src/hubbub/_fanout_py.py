@@ -40,14 +40,13 @@ class TagFilter:
 
 
 class Subscription:
-    __slots__ = ("outbox", "fmt", "filter", "pattern", "owner")
+    __slots__ = ("outbox", "fmt", "filter", "pattern", "__weakref__")
 
-    def __init__(self, outbox, fmt: int, pattern: str, filter=None, owner=None) -> None:
+    def __init__(self, outbox, fmt: int, pattern: str, filter=None) -> None:
         self.outbox = outbox
         self.fmt = fmt
         self.pattern = pattern
         self.filter = filter
-        self.owner = owner  # the connection, for the hub's bookkeeping
 
 
 def fanout(subs, tags, frames, priority: int, key, seq: int, woken: list, overflowed: list) -> int:

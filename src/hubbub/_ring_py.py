@@ -37,7 +37,7 @@ _LANES = 4
 class Outbox:
     __slots__ = (
         "max_messages", "max_bytes", "policy", "separator", "armed", "stamp",
-        "count", "nbytes", "dropped", "dropped_total", "_lanes", "_live", "_keys",
+        "count", "nbytes", "dropped", "dropped_total", "owner", "_lanes", "_live", "_keys",
     )
 
     def __init__(self, max_messages: int = 1024, max_bytes: int = 4 << 20,
@@ -61,6 +61,7 @@ class Outbox:
         self._lanes = [deque() for _ in range(_LANES)]
         self._live = [0] * _LANES
         self._keys: dict = {}  # key -> (lane, entry)
+        self.owner = None  # the connection whose writer drains this outbox
 
     def __len__(self) -> int:
         return self.count

@@ -1,0 +1,128 @@
+"""``hubbub serve | publish | config`` (SPEC section 1)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.request
+
+from .config import Config, ConfigError
+
+EXIT_CONFIG = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hubbub", description="Real-time fan-out hub")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the hub under Granian (uvloop) plus the fast listener")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.add_argument("--fast-port", type=int, help="native listener port (default PORT+1, 0 = off)")
+    serve.add_argument("--dev", action="store_true", default=None,
+                       help="try-out mode: anonymous clients, no API key from loopback")
+
+    publish = commands.add_parser("publish", help="publish through the HTTP API")
+    publish.add_argument("topic")
+    publish.add_argument("data", help="JSON")
+    publish.add_argument("--event")
+    publish.add_argument("--url", default=None, help="hub base URL (default http://HOST:PORT)")
+
+    commands.add_parser("config", help="print the effective configuration (secrets masked)")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve_command(args)
+    if args.command == "publish":
+        return publish_command(args)
+    return config_command()
+
+
+def _load(**overrides) -> Config | None:
+    try:
+        return Config.from_env(**overrides)
+    except ConfigError as error:
+        print(f"hubbub: invalid configuration: {error}", file=sys.stderr)
+        return None
+
+
+def config_command() -> int:
+    config = _load()
+    if config is None:
+        return EXIT_CONFIG
+    print(json.dumps(config.masked(), indent=2))
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    config = _load(host=args.host, port=args.port, workers=args.workers,
+                   fast_port=args.fast_port, dev=args.dev)
+    if config is None:
+        return EXIT_CONFIG
+    if not config.dev and config.missing_secrets():
+        print("hubbub: refusing to start without " + " and ".join(config.missing_secrets())
+              + " (or run with --dev to try it out)", file=sys.stderr)
+        return EXIT_CONFIG
+    # Workers rebuild the config from the environment: hand them the flags.
+    for name, value in (("HOST", config.host), ("PORT", config.port), ("WORKERS", config.workers),
+                        ("FAST_PORT", config.effective_fast_port), ("DEV", int(config.dev))):
+        os.environ[f"HUBBUB_{name}"] = str(value)
+
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Granian caps concurrent connections per worker at backpressure
+    # (default backlog // workers): raise both to the hub's own limit.
+    per_worker = max(1, config.max_connections // config.workers)
+    server = Granian(
+        "hubbub.server:create_app", factory=True,
+        address=config.host, port=config.port, workers=config.workers,
+        interface=Interfaces.ASGI, loop=Loops.uvloop,
+        backlog=max(2048, min(config.max_connections, 65535)), backpressure=per_worker,
+        ssl_cert=config.tls_cert or None, ssl_key=config.tls_key or None,
+        log_access=False,  # access lines would carry ?token= (see the README)
+    )
+    fast = config.effective_fast_port
+    scheme = "https" if config.tls_cert else "http"
+    print(f"hubbub: serving on {scheme}://{config.host}:{config.port}"
+          + (f" (fast listener on port {fast})" if fast else ""), file=sys.stderr, flush=True)
+    server.serve()
+    return 0
+
+
+def publish_command(args: argparse.Namespace) -> int:
+    config = _load()
+    if config is None:
+        return EXIT_CONFIG
+    try:
+        data = json.loads(args.data)
+    except json.JSONDecodeError as error:
+        print(f"hubbub: DATA is not valid JSON: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    body = {"topic": args.topic, "data": data}
+    if args.event:
+        body["event"] = args.event
+    base = args.url or f"http://{config.host}:{config.port}"
+    request = urllib.request.Request(
+        base.rstrip("/") + "/publish", data=json.dumps(body).encode(), method="POST",
+        headers={"content-type": "application/json",
+                 **({"authorization": f"Bearer {config.api_key}"} if config.api_key else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            print(response.read().decode())
+            return 0
+    except urllib.error.HTTPError as error:
+        print(f"hubbub: {error.code}: {error.read().decode()}", file=sys.stderr)
+        return 1
+    except urllib.error.URLError as error:
+        print(f"hubbub: cannot reach {base}: {error.reason}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

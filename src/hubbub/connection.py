@@ -1,0 +1,93 @@
+"""A client connection as the hub sees it, whatever carries it.
+
+The hub pushes publications into ``outbox`` (through ``fanout``) and
+control replies (acks, errors, pongs) into ``control``; the transport's
+writer collects both into one write with ``next_batch`` whenever ``wake``
+tells it there is something to send. Transports subclass this and
+implement ``wake`` and ``close``.
+"""
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from ._core import Outbox
+from .auth import Principal
+from .wire import SEPARATORS, dropped_notice
+
+if TYPE_CHECKING:
+    from ._core import Subscription
+    from .hub import Hub
+
+# A batch is one socket write; bounded so one connection's backlog cannot
+# hold the event loop for long or build a huge frame.
+BATCH_MAX_MESSAGES = 512
+BATCH_MAX_BYTES = 512 << 10
+
+_ids = itertools.count(1)
+
+# Close reasons, mapped to WS close codes by the transports.
+CLOSE_SLOW = 4408
+CLOSE_AUTH = 4401
+CLOSE_SHUTDOWN = 1001
+CLOSE_TOO_BIG = 1009
+CLOSE_POLICY = 1008
+
+
+class Connection:
+    transport = "?"
+
+    def __init__(self, hub: "Hub", fmt: int, principal: Principal) -> None:
+        config = hub.config
+        self.hub = hub
+        self.fmt = fmt
+        self.principal = principal
+        self.id = f"{secrets.token_hex(4)}{next(_ids):x}"
+        self.outbox = Outbox(config.queue_max_messages, config.queue_max_bytes,
+                             config.slow_consumer_policy, SEPARATORS[fmt])
+        self.outbox.owner = self
+        self.subscriptions: dict[str, Subscription] = {}
+        self.control: list[bytes] = []
+        self.closed = False
+        self.close_code: int | None = None
+        self.opened_at = time.monotonic()
+
+    # -- called by the hub -------------------------------------------------
+    def send_control(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        self.control.append(frame)
+        self.wake()
+
+    def wake(self) -> None:
+        """There is something to write: have the writer run soon."""
+        raise NotImplementedError
+
+    def close(self, code: int, reason: str = "") -> None:
+        """End the connection (idempotent); the hub forgets it at once."""
+        raise NotImplementedError
+
+    # -- called by the transport's writer ------------------------------------
+    def next_batch(self) -> bytes:
+        """Control replies, a pending ``dropped`` notice, then queued messages."""
+        outbox = self.outbox
+        parts = self.control
+        if parts:
+            self.control = []
+        dropped = outbox.dropped
+        if dropped:
+            outbox.dropped = 0
+            parts.append(dropped_notice(self.fmt, dropped))
+        if outbox.count:
+            batch = outbox.drain(BATCH_MAX_MESSAGES, BATCH_MAX_BYTES)
+            if not parts:
+                return batch
+            parts.append(batch)
+        if not parts:
+            return b""
+        return SEPARATORS[self.fmt].join(parts)
+
+    def has_pending(self) -> bool:
+        return bool(self.control or self.outbox.count or self.outbox.dropped)

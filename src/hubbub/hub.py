@@ -1,0 +1,256 @@
+"""The hub: connection registry, subscriptions and the publication path.
+
+``publish`` validates once, encodes once per wire format, matches once (the
+trie caches per topic) and hands the same frames to every matching outbox
+through the compiled ``fanout``. Writers of outboxes that went from idle to
+busy are woken once; outboxes that overflowed under ``disconnect`` have
+their connection closed (4408). Nothing here waits on any subscriber.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from . import wire
+from ._core import Subscription, Trie, fanout
+from .auth import AuthenticateHook, Authenticator, Principal, may_publish, may_subscribe
+from .config import Config
+from .connection import CLOSE_SHUTDOWN, CLOSE_SLOW, Connection
+from .errors import Forbidden, HubError
+from .filters import FilterError, compile_filter, validate_tags
+from .priority import Priority
+from .topics import TopicError, validate_pattern, validate_topic
+
+if TYPE_CHECKING:
+    from .transports.native import NativeServer
+
+log = logging.getLogger("hubbub")
+
+MATCH_CACHE_SIZE = 16384
+
+
+class Publication:
+    """A validated publication, its data already JSON-encoded."""
+
+    __slots__ = ("topic", "data_json", "event", "priority", "key", "tags", "ephemeral")
+
+    def __init__(self, topic: str, data_json: bytes, event: str, priority: int,
+                 key: str | None, tags: dict | None, ephemeral: bool) -> None:
+        self.topic = topic
+        self.data_json = data_json
+        self.event = event
+        self.priority = priority
+        self.key = key
+        self.tags = tags
+        self.ephemeral = ephemeral
+
+
+class Hub:
+    def __init__(self, config: Config | None = None, *,
+                 authenticate: AuthenticateHook | None = None) -> None:
+        self.config = config or Config.from_env()
+        self.auth = Authenticator(self.config, authenticate)
+        self.trie = Trie(MATCH_CACHE_SIZE)
+        self.connections: dict[str, Connection] = {}
+        self.users: Counter[str] = Counter()
+        self.epoch = secrets.token_hex(3)  # ids from an earlier run of this hub never match
+        self._event_seq = 0
+        self._fanout_seq = 0
+        self.started = False
+        self.draining = False
+        self.published = 0
+        self.delivered = 0
+        self.dropped_closed = 0  # drops counted on connections already gone
+        self._servers: list[NativeServer] = []
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "Hub":
+        return cls(Config.from_env(**overrides))
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        self.draining = False
+        if self.config.dev:
+            log.warning("hubbub is in dev mode: anonymous clients may subscribe and publish to"
+                        " anything, and the publish API needs no key from loopback")
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Drain: refuse new work, close every connection (WS 1001, SSE end), wait for them."""
+        self.draining = True
+        for conn in list(self.connections.values()):
+            conn.close(CLOSE_SHUTDOWN, "hub shutting down")
+        deadline = time.monotonic() + (self.config.drain_timeout if timeout is None else timeout)
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for server in self._servers:
+            await server.close()
+        self._servers.clear()
+        self.started = False
+
+    def asgi(self):
+        """The ASGI app serving every endpoint, to run alone or mount in a router."""
+        from .transports.asgi import HubApp
+
+        return HubApp(self)
+
+    async def listen(self, host: str = "127.0.0.1", port: int = 0, *, ssl=None,
+                     reuse_port: bool = False) -> "NativeServer":
+        """Start the native fast listener (``/ws`` and ``/sse``) on the running loop.
+
+        ``reuse_port`` lets several worker processes share the port.
+        """
+        from .transports.native import NativeServer
+
+        await self.start()
+        server = NativeServer(self)
+        await server.start(host, port, ssl=ssl, reuse_port=reuse_port)
+        self._servers.append(server)
+        return server
+
+    # -- connections and subscriptions ---------------------------------------
+    def attach(self, conn: Connection) -> None:
+        if self.draining:
+            raise HubError(503, "hub is shutting down")
+        user = conn.principal.user
+        if user is not None:
+            if self.users[user] >= self.config.max_connections_per_user:
+                raise HubError(429, f"too many connections for user {user!r}")
+            self.users[user] += 1
+        self.connections[conn.id] = conn
+
+    def detach(self, conn: Connection) -> None:
+        if self.connections.pop(conn.id, None) is None:
+            return
+        for pattern, sub in conn.subscriptions.items():
+            self.trie.unsubscribe(pattern, sub)
+        conn.subscriptions.clear()
+        self.dropped_closed += conn.outbox.dropped_total
+        user = conn.principal.user
+        if user is not None:
+            self.users[user] -= 1
+            if self.users[user] <= 0:
+                del self.users[user]
+
+    def subscribe(self, conn: Connection, pattern: Any, filter_spec: Any = None) -> None:
+        """Subscribe ``conn``; raises HubError (400, 403, 429) naming the problem."""
+        try:
+            pattern = validate_pattern(pattern)
+            tag_filter = compile_filter(filter_spec)
+        except (TopicError, FilterError) as error:
+            raise HubError(400, str(error)) from None
+        if not may_subscribe(conn.principal, pattern):
+            raise Forbidden(f"not allowed to subscribe to {pattern!r}")
+        old = conn.subscriptions.get(pattern)
+        if old is None and len(conn.subscriptions) >= self.config.max_topics_per_connection:
+            raise HubError(429, f"at most {self.config.max_topics_per_connection} subscriptions"
+                                f" per connection")
+        if old is not None:
+            self.trie.unsubscribe(pattern, old)
+        sub = Subscription(conn.outbox, conn.fmt, pattern, tag_filter)
+        self.trie.subscribe(pattern, sub)
+        conn.subscriptions[pattern] = sub
+
+    def unsubscribe(self, conn: Connection, pattern: Any) -> bool:
+        sub = conn.subscriptions.pop(pattern, None) if isinstance(pattern, str) else None
+        if sub is None:
+            return False
+        self.trie.unsubscribe(pattern, sub)
+        return True
+
+    # -- publishing -----------------------------------------------------------
+    def prepare(self, topic: Any, data: Any, *, event: Any = "message", priority: Any = Priority.NORMAL,
+                key: Any = None, tags: Any = None, ephemeral: Any = False) -> Publication:
+        """Validate one publication; raises HubError 400 or 413 naming the problem."""
+        try:
+            topic = validate_topic(topic)
+            tags = validate_tags(tags)
+        except (TopicError, FilterError) as error:
+            raise HubError(400, str(error)) from None
+        if event is None:
+            event = "message"
+        if not isinstance(event, str) or not wire.EVENT_NAME.match(event):
+            raise HubError(400, "event must be 1-64 characters of letters, digits, '_', '-', '.', ':'")
+        try:
+            priority = Priority.parse(priority)
+        except ValueError as error:
+            raise HubError(400, str(error)) from None
+        if key is not None and not isinstance(key, str):
+            raise HubError(400, "key must be a string")
+        if not isinstance(ephemeral, bool):
+            raise HubError(400, "ephemeral must be true or false")
+        try:
+            data_json = orjson.dumps(data)
+        except TypeError as error:
+            raise HubError(400, f"data is not JSON-serialisable: {error}") from None
+        if len(data_json) > self.config.max_message_bytes:
+            raise HubError(413, f"data is {len(data_json)} bytes, over the"
+                                f" {self.config.max_message_bytes}-byte limit")
+        return Publication(topic, data_json, event, int(priority), key, tags, ephemeral)
+
+    async def publish(self, topic: str, data: Any, *, event: str = "message",
+                      priority: Any = Priority.NORMAL, key: str | None = None,
+                      tags: dict[str, str] | None = None, ephemeral: bool = False) -> str | None:
+        """Publish from application code; returns the event id (None when ephemeral)."""
+        pub = self.prepare(topic, data, event=event, priority=priority, key=key, tags=tags,
+                           ephemeral=ephemeral)
+        return self.deliver(pub)
+
+    def client_publish(self, principal: Principal, msg: dict) -> str | None:
+        topic = msg.get("topic")
+        if isinstance(topic, str) and not may_publish(principal, topic):
+            raise Forbidden(f"not allowed to publish to {topic!r}")
+        if "data" not in msg:
+            raise HubError(400, "publish needs 'data'")
+        pub = self.prepare(topic, msg["data"], event=msg.get("event"),
+                           ephemeral=msg.get("ephemeral", False))
+        return self.deliver(pub)
+
+    def next_event_id(self) -> str:
+        self._event_seq += 1
+        return f"{self.epoch}-{self._event_seq}"
+
+    def deliver(self, pub: Publication) -> str | None:
+        if self.draining:
+            raise HubError(503, "hub is shutting down")
+        event_id = None if pub.ephemeral else self.next_event_id()
+        ts = int(time.time() * 1000)
+        envelope = (b'{"topic":' + orjson.dumps(pub.topic)
+                    + (b',"id":"' + event_id.encode() + b'"' if event_id else b',"id":null')
+                    + b',"event":"' + pub.event.encode() + b'","data":' + pub.data_json
+                    + b',"ts":' + str(ts).encode() + b"}")
+        self.published += 1
+        subs = self.trie.match(pub.topic)
+        if subs:
+            frames = wire.frames(envelope, event_id, pub.event)
+            self._fanout_seq += 1
+            woken: list = []
+            overflowed: list = []
+            self.delivered += fanout(subs, pub.tags, frames, pub.priority, pub.key,
+                                     self._fanout_seq, woken, overflowed)
+            for outbox in woken:
+                outbox.owner.wake()
+            for outbox in overflowed:
+                outbox.owner.close(CLOSE_SLOW, "slow consumer")
+        return event_id
+
+    # -- introspection --------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        conns = self.connections.values()
+        return {
+            "connections": len(self.connections),
+            "subscriptions": len(self.trie),
+            "published": self.published,
+            "delivered": self.delivered,
+            "dropped": self.dropped_closed + sum(c.outbox.dropped_total for c in conns),
+            "queued": sum(c.outbox.count for c in conns),
+            "draining": self.draining,
+        }

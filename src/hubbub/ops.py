@@ -1,0 +1,173 @@
+"""The WebSocket protocol (SPEC section 6), shared by both WS transports.
+
+``WSSession`` sits between a transport and the hub: it authenticates the
+handshake, subscribes the query's topics, runs client ops and turns every
+refusal into an ``error`` frame, so the same bytes in give the same bytes out
+on the ASGI port and on the native port. Transports only move frames.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from . import wire
+from .auth import Principal, Request
+from .connection import CLOSE_AUTH, CLOSE_TOO_BIG, Connection
+from .errors import HubError
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+AUTH_TIMEOUT = 5.0
+
+
+def query_subscriptions(hub: "Hub", conn: Connection, request: Request) -> list[HubError]:
+    """Subscribe the ``topic=`` patterns of a handshake; returns the refusals."""
+    filter_spec = request.first("filter")
+    errors = []
+    for pattern in request.query.get("topic", []):
+        try:
+            hub.subscribe(conn, pattern, filter_spec)
+        except HubError as error:
+            errors.append(error)
+    return errors
+
+
+class WSSession:
+    def __init__(self, hub: "Hub", conn: Connection, request: Request) -> None:
+        self.hub = hub
+        self.conn = conn
+        self.request = request
+        self.authenticated = False
+        self._auth_timer: asyncio.TimerHandle | None = None
+
+    async def open(self) -> None:
+        """After the transport accepted: authenticate or wait for an auth frame."""
+        try:
+            principal = await self.hub.auth.principal(self.request)
+        except HubError as error:
+            self.conn.close(CLOSE_AUTH, error.reason)
+            return
+        if principal is None:
+            # No credentials in the handshake: the first frame must be
+            # {"op": "auth"} within AUTH_TIMEOUT seconds.
+            loop = asyncio.get_running_loop()
+            self._auth_timer = loop.call_later(AUTH_TIMEOUT, self._auth_timed_out)
+            return
+        self._authenticated(principal)
+
+    def _auth_timed_out(self) -> None:
+        if not self.authenticated:
+            self.conn.close(CLOSE_AUTH, "authentication timed out")
+
+    def _authenticated(self, principal: Principal, request_id: Any = None) -> None:
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        conn = self.conn
+        conn.principal = principal
+        try:
+            self.hub.attach(conn)
+        except HubError as error:
+            conn.send_control(wire.ws_error(error.code, error.reason, request_id))
+            conn.close(CLOSE_AUTH if error.code == 401 else 1008, error.reason)
+            return
+        self.authenticated = True
+        if request_id is not None:
+            conn.send_control(wire.ws_op("ack", id=request_id))
+        for error in query_subscriptions(self.hub, conn, self.request):
+            conn.send_control(wire.ws_error(error.code, error.reason))
+
+    def close(self) -> None:
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+        self.hub.detach(self.conn)
+
+    def on_frame(self, data: bytes | str) -> None:
+        conn = self.conn
+        if conn.closed:
+            return
+        if len(data) > self.hub.config.max_message_bytes:
+            conn.close(CLOSE_TOO_BIG, "frame over MAX_MESSAGE_BYTES")
+            return
+        try:
+            msg = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            conn.send_control(wire.ws_error(400, "frame is not valid JSON"))
+            return
+        if not isinstance(msg, dict):
+            conn.send_control(wire.ws_error(400, "frame must be a JSON object"))
+            return
+        request_id = msg.get("id")
+        op = msg.get("op")
+        try:
+            if not self.authenticated:
+                if op != "auth":
+                    conn.close(CLOSE_AUTH, "authentication required: send {\"op\":\"auth\"} first")
+                    return
+                self._auth_frame(msg, request_id)
+                return
+            handler = _OPS.get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise HubError(400, f"unknown op {op!r}" if op is not None else "frame has no 'op'")
+            handler(self, msg, request_id)
+        except HubError as error:
+            conn.send_control(wire.ws_error(error.code, error.reason, request_id))
+
+    def _auth_frame(self, msg: dict, request_id: Any) -> None:
+        token = msg.get("token")
+        if not isinstance(token, str) or not token:
+            self.conn.close(CLOSE_AUTH, "auth frame needs a 'token'")
+            return
+        try:
+            principal = self.hub.auth.decode(token)
+        except HubError as error:
+            self.conn.close(CLOSE_AUTH, error.reason)
+            return
+        self._authenticated(principal, request_id)
+
+    # -- ops ----------------------------------------------------------------
+    def op_subscribe(self, msg: dict, request_id: Any) -> None:
+        if "topic" not in msg:
+            raise HubError(400, "subscribe needs 'topic'")
+        self.hub.subscribe(self.conn, msg["topic"], msg.get("filter"))
+        self.conn.send_control(wire.ws_op("ack", id=request_id))
+        if msg.get("since") is not None:
+            # No history is kept yet: a resume point is always out of reach.
+            self.conn.send_control(wire.ws_op("reset", topic=msg["topic"], reason="history_gap"))
+
+    def op_unsubscribe(self, msg: dict, request_id: Any) -> None:
+        if "topic" not in msg:
+            raise HubError(400, "unsubscribe needs 'topic'")
+        self.hub.unsubscribe(self.conn, msg["topic"])
+        self.conn.send_control(wire.ws_op("ack", id=request_id))
+
+    def op_publish(self, msg: dict, request_id: Any) -> None:
+        if "topic" not in msg:
+            raise HubError(400, "publish needs 'topic'")
+        event_id = self.hub.client_publish(self.conn.principal, msg)
+        self.conn.send_control(wire.ws_op("ack", id=request_id, event_id=event_id))
+
+    def op_ping(self, msg: dict, request_id: Any) -> None:
+        if request_id is None:
+            self.conn.send_control(b'{"op":"pong"}')
+        else:
+            self.conn.send_control(wire.ws_op("pong", id=request_id))
+
+    def op_pong(self, msg: dict, request_id: Any) -> None:
+        pass  # answer to the hub's heartbeat ping: receiving it is the point
+
+    def op_auth(self, msg: dict, request_id: Any) -> None:
+        raise HubError(400, "already authenticated")
+
+
+_OPS = {
+    "subscribe": WSSession.op_subscribe,
+    "unsubscribe": WSSession.op_unsubscribe,
+    "publish": WSSession.op_publish,
+    "ping": WSSession.op_ping,
+    "pong": WSSession.op_pong,
+    "auth": WSSession.op_auth,
+}

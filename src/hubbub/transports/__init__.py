@@ -1,0 +1,1 @@
+"""Transports move frames between sockets and the hub: ASGI (any server) and native (picows/uvloop)."""

@@ -1,0 +1,303 @@
+"""The ASGI app: every endpoint, servable by Granian, uvicorn or any router.
+
+Under Granian a ``send`` to a gone client does not raise, so each stream
+watches ``receive()`` for the disconnect; and Granian hides WS ping/pong from
+the app, so liveness is app-level (``{"op":"ping"}`` from the hub).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from .. import wire
+from ..auth import ANONYMOUS, Request
+from ..connection import CLOSE_SHUTDOWN, Connection
+from ..errors import HubError
+from ..ops import WSSession
+from .http import PUBLISH_MAX_BODY, SSE_HEADERS, PublishEndpoint, error_body, health, open_sse
+
+if TYPE_CHECKING:
+    from ..hub import Hub
+
+log = logging.getLogger("hubbub.asgi")
+
+# A client that answered one hub ping and then stays silent this many
+# heartbeats is taken for dead. (A client that never answers pings, such as a
+# bare listener, is left to TCP: the app cannot tell it from a dead one.)
+MISSED_PINGS_BEFORE_CLOSE = 2
+
+
+class ASGIConnection(Connection):
+    transport = "asgi"
+
+    def __init__(self, hub: "Hub", fmt: int, principal) -> None:
+        super().__init__(hub, fmt, principal)
+        self._waiter: asyncio.Future | None = None
+        self.peer_gone = False
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def close(self, code: int, reason: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        self.close_reason = reason
+        self.hub.detach(self)
+        self.wake()
+
+    async def wait(self, timeout: float) -> bool:
+        """Sleep until woken (True) or ``timeout`` seconds pass (False)."""
+        if self.closed or self.has_pending():
+            return True
+        self.outbox.armed = True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+            self.outbox.armed = False
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
+class _TextCache:
+    """ASGI wants ``str`` for text frames. A single-message batch is the very
+    bytes object every subscriber shares, so decode it once for all of them."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self.texts: dict[bytes, str] = {}
+
+    def __call__(self, batch: bytes) -> str:
+        text = self.texts.get(batch)
+        if text is None:
+            text = batch.decode()
+            if len(self.texts) >= self.size:
+                del self.texts[next(iter(self.texts))]
+            self.texts[batch] = text
+        return text
+
+
+def request_of(scope: dict, path: str) -> Request:
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    client = scope.get("client")
+    return Request(path=path, headers=headers, query=query, client=client[0] if client else None)
+
+
+def route_path(scope: dict) -> str:
+    """The path inside our mount point, whether or not the router already stripped it."""
+    path = scope.get("path") or "/"
+    root = scope.get("root_path") or ""
+    if root and path.startswith(root):
+        path = path[len(root):] or "/"
+    return path
+
+
+class HubApp:
+    def __init__(self, hub: "Hub") -> None:
+        self.hub = hub
+        # (host, port, reuse_port) of a native listener to run beside this app
+        # in the same event loop, started with the lifespan (``hubbub serve``).
+        self.fast_listener: tuple[str, int, bool] | None = None
+        self.publish_endpoint = PublishEndpoint(hub)
+        self.text_of = _TextCache()
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        # Mounted in a router that keeps lifespan to itself: start on first use.
+        await self.hub.start()
+        path = route_path(scope)
+        if kind == "websocket":
+            if path == "/ws":
+                await self._websocket(scope, receive, send, request_of(scope, path))
+            else:
+                await receive()
+                await send({"type": "websocket.close", "code": 4404, "reason": "no such endpoint"})
+            return
+        if kind == "http":
+            await self._http(scope, receive, send, path)
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.hub.start()
+                    if self.fast_listener is not None:
+                        host, port, reuse_port = self.fast_listener
+                        await self.hub.listen(host, port, ssl=self.hub.config.ssl_context(),
+                                              reuse_port=reuse_port)
+                except Exception as error:  # report, as the protocol asks
+                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.hub.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- HTTP -----------------------------------------------------------------
+    async def _http(self, scope: dict, receive, send, path: str) -> None:
+        method = scope["method"]
+        request = request_of(scope, path)
+        if path == "/sse" and method == "GET":
+            await self._sse(receive, send, request)
+        elif path == "/publish" and method == "POST":
+            try:
+                body = await _read_body(receive, PUBLISH_MAX_BODY)
+            except HubError as error:
+                await _json(send, error.code, error_body(error.code, error.reason))
+                return
+            status, payload, headers = self.publish_endpoint(request, body)
+            await _json(send, status, payload, headers)
+        elif path == "/healthz" and method in ("GET", "HEAD"):
+            status, payload, headers = health(self.hub)
+            await _json(send, status, payload, headers)
+        elif path in ("/sse", "/publish", "/healthz"):
+            await _json(send, 405, error_body(405, f"{method} is not allowed on {path}"))
+        else:
+            await _json(send, 404, error_body(404, f"no such endpoint {path}"))
+
+    async def _sse(self, receive, send, request: Request) -> None:
+        hub = self.hub
+        conn, opening = await open_sse(hub, request, lambda p: ASGIConnection(hub, wire.SSE, p))
+        if conn is None:
+            status, payload, headers = opening
+            await _json(send, status, payload, headers)
+            return
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, conn))
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(k.encode(), v.encode()) for k, v in SSE_HEADERS]})
+            await send({"type": "http.response.body", "body": opening, "more_body": True})
+            heartbeat = hub.config.heartbeat
+            while True:
+                batch = conn.next_batch() if not conn.peer_gone else b""
+                if batch:
+                    await send({"type": "http.response.body", "body": batch, "more_body": True})
+                elif conn.closed:
+                    break
+                elif not await conn.wait(heartbeat):
+                    await send({"type": "http.response.body", "body": wire.SSE_PING, "more_body": True})
+            if not conn.peer_gone:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the client went away mid-write (servers that do raise)
+        finally:
+            conn.close(CLOSE_SHUTDOWN)
+            watcher.cancel()
+
+    # -- WebSocket --------------------------------------------------------------
+    async def _websocket(self, scope: dict, receive, send, request: Request) -> None:
+        hub = self.hub
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        if hub.draining:
+            await send({"type": "websocket.close", "code": CLOSE_SHUTDOWN})
+            return
+        await send({"type": "websocket.accept"})
+        conn = ASGIConnection(hub, wire.WS, ANONYMOUS)
+        session = WSSession(hub, conn, request)
+        writer = asyncio.ensure_future(self._ws_writer(conn, send))
+        try:
+            await session.open()
+            while not conn.closed:
+                message = await receive()
+                kind = message["type"]
+                if kind == "websocket.receive":
+                    conn.last_seen = time.monotonic()
+                    data = message.get("text")
+                    session.on_frame(data if data is not None else message.get("bytes") or b"")
+                elif kind == "websocket.disconnect":
+                    conn.peer_gone = True
+                    conn.close(message.get("code", 1000))
+        finally:
+            session.close()
+            conn.close(CLOSE_SHUTDOWN)
+            try:
+                await writer
+            except Exception:
+                log.exception("websocket writer failed")
+
+    async def _ws_writer(self, conn: ASGIConnection, send) -> None:
+        heartbeat = self.hub.config.heartbeat
+        conn.last_seen = time.monotonic()
+        pings_sent_at = None
+        while not conn.peer_gone:
+            if conn.closed:
+                # Say what is still owed (acks, the error that explains the
+                # close), not the backlog, then the close frame.
+                if conn.control:
+                    await send({"type": "websocket.send", "text": "\n".join(f.decode() for f in conn.control)})
+                    conn.control = []
+                await send({"type": "websocket.close", "code": conn.close_code or 1000,
+                            "reason": getattr(conn, "close_reason", "")[:120]})
+                return
+            batch = conn.next_batch()
+            if batch:
+                await send({"type": "websocket.send", "text": self.text_of(batch)})
+                continue
+            if await conn.wait(heartbeat):
+                continue
+            now = time.monotonic()
+            if pings_sent_at is not None and conn.last_seen > pings_sent_at:
+                conn.answers_pings = True
+            if getattr(conn, "answers_pings", False) and \
+                    now - conn.last_seen > heartbeat * MISSED_PINGS_BEFORE_CLOSE:
+                conn.close(CLOSE_SHUTDOWN, "no answer to pings")
+                continue
+            pings_sent_at = now
+            await send({"type": "websocket.send", "text": wire.WS_PING.decode()})
+
+
+async def _watch_disconnect(receive, conn: ASGIConnection) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            conn.peer_gone = True
+            conn.close(CLOSE_SHUTDOWN)
+            return
+
+
+async def _read_body(receive, limit: int) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HubError(400, "client disconnected before the body was complete")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HubError(413, f"body over the {limit}-byte limit")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _json(send, status: int, payload: Any, headers: list[tuple[str, str]] = ()) -> None:
+    body = orjson.dumps(payload)
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        *((k.encode(), v.encode()) for k, v in headers)]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,146 @@
+"""HTTP endpoints shared by both ports' request handling: publish, health, errors.
+
+They take an ``auth.Request`` and a body and return (status, JSON body,
+headers), so the ASGI app and the native listener answer byte-for-byte alike.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..errors import HubError
+
+if TYPE_CHECKING:
+    from ..auth import Request
+    from ..hub import Hub
+
+PUBLISH_MAX_BODY = 1 << 20
+IDEMPOTENCY_TTL = 300.0
+IDEMPOTENCY_MAX_KEYS = 100_000
+PUBLICATION_FIELDS = {"topic", "data", "event", "priority", "key", "tags", "ephemeral"}
+
+Response = tuple[int, Any, list[tuple[str, str]]]
+
+
+def error_body(code: int, reason: str) -> dict:
+    return {"code": code, "reason": reason}
+
+
+def error_response(error: HubError) -> Response:
+    headers = [("www-authenticate", "Bearer")] if error.code == 401 else []
+    return error.code, error_body(error.code, error.reason), headers
+
+
+class PublishEndpoint:
+    """``POST /publish``: one publication or an array; Idempotency-Key replays."""
+
+    def __init__(self, hub: "Hub") -> None:
+        self.hub = hub
+        self._seen: dict[str, tuple[float, list]] = {}
+
+    def __call__(self, request: "Request", body: bytes) -> Response:
+        try:
+            self.hub.auth.check_api_key(request)
+            key = request.header("idempotency-key")
+            if key is not None:
+                remembered = self._recall(key)
+                if remembered is not None:
+                    return 200, {"ids": remembered}, [("idempotent-replayed", "true")]
+            ids = self._publish(body)
+        except HubError as error:
+            return error_response(error)
+        if key is not None:
+            self._remember(key, ids)
+        return 200, {"ids": ids}, []
+
+    def _publish(self, body: bytes) -> list:
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            raise HubError(400, f"body is not valid JSON: {error}") from None
+        batch = isinstance(payload, list)
+        items = payload if batch else [payload]
+        if not items:
+            raise HubError(400, "empty batch")
+        prepared = []
+        for index, item in enumerate(items):
+            where = f"publication {index}: " if batch else ""
+            if not isinstance(item, dict):
+                raise HubError(400, f"{where}must be a JSON object")
+            unknown = item.keys() - PUBLICATION_FIELDS
+            if unknown:
+                raise HubError(400, f"{where}unknown field(s) {sorted(unknown)}")
+            if "topic" not in item or "data" not in item:
+                raise HubError(400, f"{where}needs 'topic' and 'data'")
+            try:
+                prepared.append(self.hub.prepare(**item))
+            except HubError as error:
+                raise HubError(error.code, where + error.reason) from None
+        # All validated first: a batch is published whole or not at all.
+        return [self.hub.deliver(pub) for pub in prepared]
+
+    def _recall(self, key: str) -> list | None:
+        hit = self._seen.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def _remember(self, key: str, ids: list) -> None:
+        now = time.monotonic()
+        if len(self._seen) >= IDEMPOTENCY_MAX_KEYS:
+            for old in [k for k, (expires, _) in self._seen.items() if expires < now]:
+                del self._seen[old]
+            while len(self._seen) >= IDEMPOTENCY_MAX_KEYS:
+                del self._seen[next(iter(self._seen))]
+        self._seen[key] = (now + IDEMPOTENCY_TTL, ids)
+
+
+def health(hub: "Hub") -> Response:
+    if hub.draining or not hub.started:
+        return 503, {"status": "draining" if hub.draining else "starting"}, []
+    return 200, {"status": "ok", **hub.stats()}, []
+
+
+SSE_HEADERS = [
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("cache-control", "no-store"),
+    ("x-accel-buffering", "no"),
+]
+
+
+async def open_sse(hub: "Hub", request: "Request", make_conn) -> tuple[Any, Response | bytes]:
+    """Authenticate and subscribe an SSE request.
+
+    Returns (connection, the stream's first bytes) or (None, an error response).
+    """
+    from ..auth import Unauthorized
+    from ..wire import SSE_PREAMBLE, sse_event
+
+    try:
+        principal = await hub.auth.principal(request)
+        if principal is None:
+            raise Unauthorized("authentication required")
+        topics = request.query.get("topic", [])
+        if not topics:
+            raise HubError(400, "at least one topic= is required")
+        conn = make_conn(principal)
+        hub.attach(conn)
+        try:
+            for pattern in topics:
+                hub.subscribe(conn, pattern, request.first("filter"))
+        except HubError:
+            hub.detach(conn)
+            raise
+    except HubError as error:
+        return None, error_response(error)
+    hello = SSE_PREAMBLE + sse_event("connected", {
+        "connection_id": conn.id, "topics": list(conn.subscriptions), "user": principal.user,
+    })
+    since = request.header("last-event-id") or request.first("since")
+    if since:
+        # This hub keeps no history yet: every resume point is out of reach,
+        # which the contract says to answer with a reset, never a silent gap.
+        hello += sse_event("reset", {"topics": list(conn.subscriptions), "reason": "history_gap"})
+    return conn, hello

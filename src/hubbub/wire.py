@@ -1,0 +1,55 @@
+"""Wire formats (SPEC sections 4-6): one encoder per format, each run once per publication.
+
+A publication's envelope is JSON-encoded once; the SSE event and the WS
+``message`` line are built around those same bytes, and those two ``bytes``
+objects are what every subscriber's outbox receives.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+SSE, WS = 0, 1  # wire format index of a subscription: frames[fmt]
+SEPARATORS = {SSE: b"", WS: b"\n"}  # how a batch of frames is joined into one write
+
+EVENT_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,64}\Z")
+
+
+def envelope(topic: str, event_id: str | None, event: str, data: Any, ts: int) -> bytes:
+    return orjson.dumps({"topic": topic, "id": event_id, "event": event, "data": data, "ts": ts})
+
+
+def frames(envelope_json: bytes, event_id: str | None, event: str) -> tuple[bytes, bytes]:
+    """The (SSE, WS) frames of one publication, sharing its envelope bytes."""
+    head = b"id: " + event_id.encode() + b"\nevent: " if event_id else b"event: "
+    sse = head + event.encode() + b"\ndata: " + envelope_json + b"\n\n"
+    ws = b'{"op":"message",' + envelope_json[1:]
+    return sse, ws
+
+
+def sse_event(event: str, data: Any, event_id: str | None = None) -> bytes:
+    head = b"id: " + event_id.encode() + b"\n" if event_id else b""
+    return head + b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def ws_op(op: str, **fields: Any) -> bytes:
+    return orjson.dumps({"op": op, **fields})
+
+
+def ws_error(code: int, reason: str, request_id: Any = None) -> bytes:
+    if request_id is None:
+        return orjson.dumps({"op": "error", "code": code, "reason": reason})
+    return orjson.dumps({"op": "error", "id": request_id, "code": code, "reason": reason})
+
+
+SSE_PREAMBLE = b"retry: 2000\n\n"
+SSE_PING = b": ping\n\n"
+WS_PING = b'{"op":"ping"}'
+
+
+def dropped_notice(fmt: int, count: int) -> bytes:
+    if fmt == SSE:
+        return b'event: dropped\ndata: {"count":%d}\n\n' % count
+    return b'{"op":"dropped","count":%d}' % count

@@ -1,0 +1,131 @@
+"""Run a real ``hubbub serve`` (Granian + the native listener) for a test, on loopback."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import websockets
+
+STARTUP_TIMEOUT = 30.0
+
+
+def free_port_pair() -> int:
+    """A port P with P+1 also free (PORT and FAST_PORT)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 65535:
+            continue
+        with socket.socket() as s2:
+            try:
+                s2.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+class HubProcess:
+    def __init__(self, env: dict[str, str] | None = None, dev: bool = True, args: list[str] = ()) -> None:
+        self.port = free_port_pair()
+        self.fast_port = self.port + 1
+        self.env = {**os.environ, "HUBBUB_PORT": str(self.port), "HUBBUB_FAST_PORT": str(self.fast_port),
+                    "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.dev = dev
+        self.args = list(args)
+        self.proc: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, port_kind: str, path: str, scheme: str = "http") -> str:
+        port = self.port if port_kind == "asgi" else self.fast_port
+        return f"{scheme}://127.0.0.1:{port}{path}"
+
+    def start(self, log_dir: Path) -> "HubProcess":
+        self.log_path = log_dir / f"hub-{self.port}.log"
+        cmd = [sys.executable, "-m", "hubbub.cli", "serve", *(["--dev"] if self.dev else []), *self.args]
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hub exited at start:\n{self.output()}")
+            try:
+                if httpx.get(self.base + "/healthz", timeout=1).status_code == 200 and \
+                        _port_open(self.fast_port):
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"hub did not start in time:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+            raise
+
+    def stats(self) -> dict:
+        return httpx.get(self.base + "/healthz", timeout=5).json()
+
+    def publish(self, *publications: dict, headers: dict | None = None) -> list:
+        body = publications[0] if len(publications) == 1 else list(publications)
+        response = httpx.post(self.base + "/publish", json=body, headers=headers, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()["ids"]
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.closing(socket.socket()) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def ws_messages(ws, count: int, timeout: float = 5.0) -> list[dict]:
+    """Read until ``count`` JSON messages arrived (frames may batch several, one per line)."""
+    out: list[dict] = []
+    async with asyncio.timeout(timeout):
+        while len(out) < count:
+            frame = await ws.recv()
+            out.extend(json.loads(line) for line in frame.split("\n"))
+    return out
+
+
+async def ws_until(ws, predicate, timeout: float = 5.0) -> list[dict]:
+    """Read messages until one satisfies ``predicate``; returns all read."""
+    out: list[dict] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = await ws.recv()
+            for line in frame.split("\n"):
+                out.append(json.loads(line))
+                if predicate(out[-1]):
+                    return out
+
+
+def ws_connect(url: str, **kwargs):
+    return websockets.connect(url, open_timeout=5, close_timeout=2, **kwargs)
