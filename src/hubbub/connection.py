@@ -73,20 +73,14 @@ class Connection:
     def next_batch(self) -> bytes:
         """Control replies, a pending ``dropped`` notice, then queued messages."""
         outbox = self.outbox
-        parts = self.control
-        if parts:
-            self.control = []
-        dropped = outbox.dropped
+        if not self.control and not outbox.dropped:  # the common case: messages only
+            return outbox.drain(BATCH_MAX_MESSAGES, BATCH_MAX_BYTES) if outbox.count else b""
+        parts, self.control = self.control, []
+        dropped = outbox.take_dropped()
         if dropped:
-            outbox.dropped = 0
             parts.append(dropped_notice(self.fmt, dropped))
         if outbox.count:
-            batch = outbox.drain(BATCH_MAX_MESSAGES, BATCH_MAX_BYTES)
-            if not parts:
-                return batch
-            parts.append(batch)
-        if not parts:
-            return b""
+            parts.append(outbox.drain(BATCH_MAX_MESSAGES, BATCH_MAX_BYTES))
         return SEPARATORS[self.fmt].join(parts)
 
     def has_pending(self) -> bool:

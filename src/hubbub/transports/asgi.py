@@ -39,6 +39,7 @@ class ASGIConnection(Connection):
         super().__init__(hub, fmt, principal)
         self._waiter: asyncio.Future | None = None
         self.peer_gone = False
+        self.receiving: asyncio.Future | None = None  # the WS reader's pending receive()
 
     def wake(self) -> None:
         waiter = self._waiter
@@ -222,7 +223,16 @@ class HubApp:
         try:
             await session.open()
             while not conn.closed:
-                message = await receive()
+                # receive() runs as its own task so the writer can cancel it:
+                # Granian does not send a close frame while a receive() is
+                # pending (seen with granian 2.8.7).
+                conn.receiving = asyncio.ensure_future(receive())
+                try:
+                    message = await conn.receiving
+                except asyncio.CancelledError:
+                    if conn.receiving.cancelled() and conn.closed:
+                        break
+                    raise
                 kind = message["type"]
                 if kind == "websocket.receive":
                     conn.last_seen = time.monotonic()
@@ -234,12 +244,16 @@ class HubApp:
         finally:
             session.close()
             conn.close(CLOSE_SHUTDOWN)
-            try:
-                await writer
-            except Exception:
-                log.exception("websocket writer failed")
+            await writer
 
     async def _ws_writer(self, conn: ASGIConnection, send) -> None:
+        try:
+            await self._ws_write_loop(conn, send)
+        except Exception:
+            log.exception("websocket writer failed")
+            conn.close(1011, "internal error")
+
+    async def _ws_write_loop(self, conn: ASGIConnection, send) -> None:
         heartbeat = self.hub.config.heartbeat
         conn.last_seen = time.monotonic()
         pings_sent_at = None
@@ -250,6 +264,9 @@ class HubApp:
                 if conn.control:
                     await send({"type": "websocket.send", "text": "\n".join(f.decode() for f in conn.control)})
                     conn.control = []
+                if conn.receiving is not None and not conn.receiving.done():
+                    conn.receiving.cancel()
+                    await asyncio.wait([conn.receiving])
                 await send({"type": "websocket.close", "code": conn.close_code or 1000,
                             "reason": getattr(conn, "close_reason", "")[:120]})
                 return

@@ -268,6 +268,15 @@ class _SSEStream(asyncio.Protocol):
 
 
 # -- WebSocket --------------------------------------------------------------------
+def text_frame_header(length: int) -> bytes:
+    """RFC 6455 header of an unmasked, final text frame of ``length`` bytes."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return b"\x81\x7e" + length.to_bytes(2, "big")
+    return b"\x81\x7f" + length.to_bytes(8, "big")
+
+
 class NativeWSConnection(Connection):
     transport = "native-ws"
 
@@ -285,21 +294,26 @@ class NativeWSConnection(Connection):
         self.scheduled = False
         if self.closed:
             return
-        ws = self.ws
-        buffered = ws.underlying_transport.get_write_buffer_size
-        while buffered() < HIGH_WATER:
+        # Data frames are framed here and written to the socket's transport
+        # directly: the shared frame bytes go out uncopied, and this avoids
+        # picows' send() for payloads over 8 KiB, whose header is a view of a
+        # reused buffer that a paused transport keeps and the next send
+        # overwrites (corrupt frames under backpressure, seen in picows 2.3.1).
+        transport = self.ws.underlying_transport
+        while transport.get_write_buffer_size() < HIGH_WATER:
             batch = self.next_batch()
             if not batch:
                 self.outbox.armed = True
                 return
-            ws.send(WSMsgType.TEXT, batch)
+            transport.writelines((text_frame_header(len(batch)), batch))
 
     def close(self, code: int, reason: str = "") -> None:
         if self.closed:
             return
         # Owed control frames (the error explaining the close) go first.
         if self.control:
-            self.ws.send(WSMsgType.TEXT, b"\n".join(self.control))
+            owed = b"\n".join(self.control)
+            self.ws.underlying_transport.writelines((text_frame_header(len(owed)), owed))
             self.control = []
         self.closed = True
         self.close_code = code

@@ -1,0 +1,62 @@
+"""``hubbub config`` / ``serve`` refusals / ``publish`` as a user runs them."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(args, env=None, timeout=30):
+    return subprocess.run([sys.executable, "-m", "hubbub.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_config_prints_effective_settings_with_secrets_masked():
+    result = run(["config"], {"HUBBUB_API_KEY": "supersecret", "HUBBUB_JWT_SECRET": "jwtsecret",
+                              "HUBBUB_BACKPLANE": "redis://user:pw@localhost:6379/0",
+                              "HUBBUB_QUEUE_MAX_BYTES": "1MiB", "HUBBUB_PORT": "9000"})
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert config["HUBBUB_API_KEY"] == "***" and config["HUBBUB_JWT_SECRET"] == "***"
+    assert "supersecret" not in result.stdout and "pw@" not in result.stdout
+    assert config["HUBBUB_BACKPLANE"] == "redis://user:***@localhost:6379/0"
+    assert config["HUBBUB_QUEUE_MAX_BYTES"] == 1 << 20
+    assert config["HUBBUB_FAST_PORT"] == 9001
+    assert config["HUBBUB_HISTORY_SIZE"] == 1000 and config["HUBBUB_SLOW_CONSUMER"] == "drop_oldest"
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("HUBBUB_PORT", "eighty"),
+    ("HUBBUB_PORT", "70000"),
+    ("HUBBUB_SLOW_CONSUMER", "explode"),
+    ("HUBBUB_HEARTBEAT", "0"),
+    ("HUBBUB_QUEUE_MAX_BYTES", "lots"),
+    ("HUBBUB_DEV", "maybe"),
+    ("HUBBUB_BACKPLANE", "kafka://x"),
+    ("HUBBUB_JWT_ALGORITHMS", "none"),
+])
+def test_an_invalid_value_names_the_variable_and_exits_2(variable, value):
+    for command in (["config"], ["serve", "--dev"]):
+        result = run(command, {variable: value})
+        assert result.returncode == 2
+        assert variable in result.stderr
+
+
+def test_serve_refuses_to_start_without_secrets_outside_dev():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBBUB_")}
+    result = subprocess.run([sys.executable, "-m", "hubbub.cli", "serve"], capture_output=True,
+                            text=True, timeout=30, env=env)
+    assert result.returncode == 2
+    assert "HUBBUB_JWT_SECRET" in result.stderr and "HUBBUB_API_KEY" in result.stderr
+    assert "--dev" in result.stderr
+
+
+def test_publish_command_goes_through_the_http_api(hub):
+    result = run(["publish", "cli.topic", '{"a": 1}', "--event", "update", "--url", hub.base])
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["ids"]) == 1
+    bad = run(["publish", "cli..topic", "1", "--url", hub.base])
+    assert bad.returncode == 1 and "400" in bad.stderr
+    not_json = run(["publish", "cli.topic", "{nope", "--url", hub.base])
+    assert not_json.returncode == 2
