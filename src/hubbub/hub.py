@@ -9,6 +9,7 @@ their connection closed (4408). Nothing here waits on any subscriber.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -68,6 +69,7 @@ class Hub:
         self.delivered = 0
         self.dropped_closed = 0  # drops counted on connections already gone
         self._servers: list[NativeServer] = []
+        self._stopping: asyncio.Future | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Hub":
@@ -75,16 +77,24 @@ class Hub:
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
-        if self.started:
+        """Idempotent; a hub that was stopped stays stopped (draining)."""
+        if self.started or self.draining:
             return
         self.started = True
-        self.draining = False
         if self.config.dev:
             log.warning("hubbub is in dev mode: anonymous clients may subscribe and publish to"
                         " anything, and the publish API needs no key from loopback")
 
     async def stop(self, timeout: float | None = None) -> None:
-        """Drain: refuse new work, close every connection (WS 1001, SSE end), wait for them."""
+        """Drain: refuse new work, close every connection (WS 1001, SSE end), wait for them.
+
+        Concurrent or repeated calls share the one drain.
+        """
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._drain(timeout))
+        await asyncio.shield(self._stopping)
+
+    async def _drain(self, timeout: float | None) -> None:
         self.draining = True
         for conn in list(self.connections.values()):
             conn.close(CLOSE_SHUTDOWN, "hub shutting down")
@@ -95,6 +105,19 @@ class Hub:
             await server.close()
         self._servers.clear()
         self.started = False
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None):
+        """For an embedding app's lifespan: ``Starlette(lifespan=hub.lifespan)``.
+
+        Routers do not pass lifespan events to mounted apps; without this the
+        hub starts on its first request and is not drained at shutdown.
+        """
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
 
     def asgi(self):
         """The ASGI app serving every endpoint, to run alone or mount in a router."""

@@ -3,17 +3,55 @@
 Settings reach the workers through the environment (the CLI puts its flags
 there); each worker builds its hub and, in the same event loop, the native
 fast listener on FAST_PORT (shared between workers with SO_REUSEPORT).
+
+Graceful drain: on SIGTERM a Granian worker stops its server at once, cutting
+WebSocket connections without a close frame, and only then runs the lifespan
+shutdown. So the worker's signal handler is wrapped: the hub drains first
+(WS 1001, SSE streams ended, /healthz 503), then Granian stops as it would.
 """
 from __future__ import annotations
 
+import asyncio
+import signal
+
+import granian._signals as granian_signals
+
 from .config import Config
 from .hub import Hub
+
+_hubs: list[Hub] = []
 
 
 def create_app():
     config = Config.from_env()
     hub = Hub(config)
+    _hubs.append(hub)
     app = hub.asgi()
     if config.effective_fast_port:
         app.fast_listener = (config.host, config.effective_fast_port, config.workers > 1)
     return app
+
+
+_granian_set_loop_signals = granian_signals.set_loop_signals
+
+
+def _set_loop_signals_draining_first(loop):
+    stop_granian = _granian_set_loop_signals(loop)  # Granian's own event and handlers
+    state = {"draining": False}
+
+    def on_signal(signum: int) -> None:
+        if state["draining"]:  # a second signal: stop now
+            stop_granian.set()
+            return
+        state["draining"] = True
+        drain = asyncio.gather(*(hub.stop() for hub in _hubs))
+        drain.add_done_callback(lambda _: stop_granian.set())
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    return stop_granian
+
+
+# Granian's worker imports this module (to load the app) before it installs
+# its signal handlers, and looks set_loop_signals up at that moment.
+granian_signals.set_loop_signals = _set_loop_signals_draining_first

@@ -140,7 +140,7 @@ async def test_binary_frame_with_invalid_utf8_is_an_error(hub, port_kind):
 
 async def test_hub_pings_idle_connections(hub, port_kind):
     if port_kind == "native":
-        pytest.skip("the native port pings at the protocol level; see test_native_protocol_ping")
+        pytest.skip("the native port pings at the protocol level; see test_native_port_pings_and_drops_a_peer_that_never_pongs")
     async with ws_connect(hub.url(port_kind, "/ws", "ws")) as ws:
         [ping] = await ws_messages(ws, 1, timeout=5)  # the session hub heartbeats every second
         assert ping == {"op": "ping"}

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hubbub.native")
 picows_log = logging.getLogger("hubbub.native.picows")
+picows_log.setLevel(logging.WARNING)  # picows logs every accepted connection at INFO
 
 MAX_HEAD_BYTES = 16 << 10
 MAX_HEADERS = 100
