@@ -121,3 +121,16 @@ def test_api_key_guards_publish(secured, headers, status, fragment):
 def test_healthz(hub):
     response = httpx.get(hub.base + "/healthz")
     assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+def test_client_disconnecting_mid_request_hurts_nobody(hub):
+    import socket
+
+    for port in (hub.port, hub.fast_port):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n{\"topic\": \"half")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /sse?topic=half.a HTTP/1.1\r\nHost: x\r\n")  # head never finished
+    assert post(hub, {"topic": "after.a", "data": 1}).status_code == 200
+    assert httpx.get(hub.base + "/healthz").json()["status"] == "ok"

@@ -197,3 +197,37 @@ def test_raw_socket_garbage_does_not_hurt_the_hub(hub, port_kind):
             except OSError:
                 pass
     assert hub.stats()["status"] == "ok"
+
+
+def _masked_text_frame(payload: bytes) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((0x81, 0x80 | len(payload))) + mask + body
+
+
+async def test_invalid_utf8_text_frame_hurts_nobody_else(hub, port_kind):
+    p = topic_prefix()
+    port = hub.port if port_kind == "asgi" else hub.fast_port
+    async with ws_connect(hub.url(port_kind, f"/ws?topic={p}", "ws")) as bystander:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += s.recv(4096)
+            assert b" 101 " in head.split(b"\r\n")[0]
+            s.sendall(_masked_text_frame(b'{"op": "ping", "x": "\xff\xfe"}'))
+            reply = head.split(b"\r\n\r\n", 1)[1]
+            try:
+                while len(reply) < 2:
+                    reply += s.recv(4096)
+            except OSError:
+                pass
+            # Either an error frame (the hub parsed the bytes) or a 1007 close
+            # (the server's WebSocket layer refused the text): never a crash.
+            opcode = reply[0] & 0x0F if reply else None
+            assert opcode in (1, 8)
+            if opcode == 1:
+                assert b'"code":400' in reply
+        hub.publish({"topic": p, "data": "alive"})
+        assert (await ws_messages(bystander, 1))[0]["data"] == "alive"
