@@ -55,10 +55,11 @@ class Connection:
         self.opened_at = time.monotonic()
 
     # -- called by the hub -------------------------------------------------
-    def send_control(self, frame: bytes) -> None:
+    def send_control(self, *frames: bytes) -> None:
+        """Queue replies (and replays) ahead of messages; never dropped, never conflated."""
         if self.closed:
             return
-        self.control.append(frame)
+        self.control.extend(frames)
         self.wake()
 
     def wake(self) -> None:
@@ -75,13 +76,27 @@ class Connection:
         outbox = self.outbox
         if not self.control and not outbox.dropped:  # the common case: messages only
             return outbox.drain(BATCH_MAX_MESSAGES, BATCH_MAX_BYTES) if outbox.count else b""
-        parts, self.control = self.control, []
+        parts = self._take_control()
+        if self.control:  # more control (a long replay) to come: messages wait behind it
+            return SEPARATORS[self.fmt].join(parts)
         dropped = outbox.take_dropped()
         if dropped:
             parts.append(dropped_notice(self.fmt, dropped))
         if outbox.count:
             parts.append(outbox.drain(BATCH_MAX_MESSAGES, BATCH_MAX_BYTES))
         return SEPARATORS[self.fmt].join(parts)
+
+    def _take_control(self) -> list[bytes]:
+        """Control frames for one write, at most about BATCH_MAX_BYTES."""
+        control = self.control
+        size = 0
+        for index, frame in enumerate(control):
+            size += len(frame)
+            if size > BATCH_MAX_BYTES and index:
+                self.control = control[index:]
+                return control[:index]
+        self.control = []
+        return control
 
     def has_pending(self) -> bool:
         return bool(self.control or self.outbox.count or self.outbox.dropped)

@@ -25,6 +25,7 @@ from .config import Config
 from .connection import CLOSE_SHUTDOWN, CLOSE_SLOW, Connection
 from .errors import Forbidden, HubError
 from .filters import FilterError, compile_filter, validate_tags
+from .history import HISTORY_GAP, Gap, History, Kept
 from .priority import Priority
 from .topics import TopicError, validate_pattern, validate_topic
 
@@ -70,6 +71,8 @@ class Hub:
         self.dropped_closed = 0  # drops counted on connections already gone
         self._servers: list[NativeServer] = []
         self._stopping: asyncio.Future | None = None
+        self.history = History(self.config.history_size, self.config.history_ttl)
+        self._expiry: asyncio.Task | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Hub":
@@ -81,6 +84,7 @@ class Hub:
         if self.started or self.draining:
             return
         self.started = True
+        self._expiry = asyncio.ensure_future(self._expire_history())
         if self.config.dev:
             log.warning("hubbub is in dev mode: anonymous clients may subscribe and publish to"
                         " anything, and the publish API needs no key from loopback")
@@ -104,7 +108,17 @@ class Hub:
         for server in self._servers:
             await server.close()
         self._servers.clear()
+        if self._expiry is not None:
+            self._expiry.cancel()
         self.started = False
+
+    async def _expire_history(self) -> None:
+        # Topics that stop receiving publications are forgotten once their
+        # last entry outlives the TTL, so history memory follows live topics.
+        period = min(self.config.history_ttl, 60.0)
+        while True:
+            await asyncio.sleep(period)
+            self.history.expire()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None):
@@ -237,23 +251,54 @@ class Hub:
                            ephemeral=msg.get("ephemeral", False))
         return self.deliver(pub)
 
-    def next_event_id(self) -> str:
-        self._event_seq += 1
+    @property
+    def last_event_id(self) -> str:
+        """The id of the newest kept publication (or of none yet): a resume point for 'now'."""
         return f"{self.epoch}-{self._event_seq}"
+
+    def parse_event_id(self, event_id: Any) -> int:
+        """The sequence inside an id this hub gave out; Gap for any other id.
+
+        An id from another epoch (this hub restarted without shared history),
+        a malformed id or one from the future cannot be resumed from.
+        """
+        if not isinstance(event_id, str):
+            raise Gap(HISTORY_GAP)
+        epoch, _, seq = event_id.rpartition("-")
+        if epoch != self.epoch or not seq.isdigit() or int(seq) > self._event_seq:
+            raise Gap(HISTORY_GAP)
+        return int(seq)
+
+    def replay(self, conn: Connection, patterns: list[str], since: Any) -> list[Kept]:
+        """Kept publications after ``since`` for these subscriptions of ``conn``.
+
+        All or nothing: raises Gap when history does not cover ``since`` or the
+        replay would exceed RECOVERY_MAX. Called in the same step as the
+        subscribe, so no live publication can fall between replay and live.
+        """
+        seq = self.parse_event_id(since)
+        subscriptions = [(p, conn.subscriptions[p].filter) for p in patterns if p in conn.subscriptions]
+        return self.history.recover(subscriptions, seq, self.config.recovery_max)
 
     def deliver(self, pub: Publication) -> str | None:
         if self.draining:
             raise HubError(503, "hub is shutting down")
-        event_id = None if pub.ephemeral else self.next_event_id()
+        event_id = None
+        if not pub.ephemeral:
+            self._event_seq += 1
+            event_id = f"{self.epoch}-{self._event_seq}"
         ts = int(time.time() * 1000)
         envelope = (b'{"topic":' + orjson.dumps(pub.topic)
                     + (b',"id":"' + event_id.encode() + b'"' if event_id else b',"id":null')
                     + b',"event":"' + pub.event.encode() + b'","data":' + pub.data_json
                     + b',"ts":' + str(ts).encode() + b"}")
         self.published += 1
+        frames = wire.frames(envelope, event_id, pub.event)
+        if event_id is not None:
+            self.history.append(pub.topic, Kept(self._event_seq, event_id, frames, pub.tags,
+                                                time.monotonic() + self.config.history_ttl))
         subs = self.trie.match(pub.topic)
         if subs:
-            frames = wire.frames(envelope, event_id, pub.event)
             self._fanout_seq += 1
             woken: list = []
             overflowed: list = []

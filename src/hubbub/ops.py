@@ -16,6 +16,7 @@ from . import wire
 from .auth import Principal, Request
 from .connection import CLOSE_AUTH, CLOSE_TOO_BIG, Connection
 from .errors import HubError
+from .history import Gap
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -79,6 +80,19 @@ class WSSession:
             conn.send_control(wire.ws_op("ack", id=request_id))
         for error in query_subscriptions(self.hub, conn, self.request):
             conn.send_control(wire.ws_error(error.code, error.reason))
+        since = self.request.first("since")
+        if since and conn.subscriptions:
+            self._recover(list(conn.subscriptions), since)
+
+    def _recover(self, patterns: list[str], since: str) -> None:
+        """Replay what these subscriptions missed since ``since``, or reset them."""
+        try:
+            replay = self.hub.replay(self.conn, patterns, since)
+        except Gap as gap:
+            self.conn.send_control(*(wire.ws_op("reset", topic=p, reason=gap.reason) for p in patterns))
+            return
+        if replay:
+            self.conn.send_control(*(kept.frames[wire.WS] for kept in replay))
 
     def close(self) -> None:
         if self._auth_timer is not None:
@@ -135,8 +149,7 @@ class WSSession:
         self.hub.subscribe(self.conn, msg["topic"], msg.get("filter"))
         self.conn.send_control(wire.ws_op("ack", id=request_id))
         if msg.get("since") is not None:
-            # No history is kept yet: a resume point is always out of reach.
-            self.conn.send_control(wire.ws_op("reset", topic=msg["topic"], reason="history_gap"))
+            self._recover([msg["topic"]], msg["since"])
 
     def op_unsubscribe(self, msg: dict, request_id: Any) -> None:
         if "topic" not in msg:

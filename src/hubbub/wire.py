@@ -25,8 +25,16 @@ def frames(envelope_json: bytes, event_id: str | None, event: str) -> tuple[byte
     """The (SSE, WS) frames of one publication, sharing its envelope bytes."""
     head = b"id: " + event_id.encode() + b"\nevent: " if event_id else b"event: "
     sse = head + event.encode() + b"\ndata: " + envelope_json + b"\n\n"
-    ws = b'{"op":"message",' + envelope_json[1:]
+    ws = WS_MESSAGE_PREFIX + envelope_json[1:]
     return sse, ws
+
+
+WS_MESSAGE_PREFIX = b'{"op":"message",'
+
+
+def envelope_of_ws_frame(frame: bytes) -> bytes:
+    """The envelope JSON inside a WS ``message`` frame (for long-poll answers)."""
+    return b"{" + frame[len(WS_MESSAGE_PREFIX):]
 
 
 def sse_event(event: str, data: Any, event_id: str | None = None) -> bytes:

@@ -18,6 +18,7 @@ from .. import wire
 from ..auth import ANONYMOUS, Request
 from ..connection import CLOSE_SHUTDOWN, Connection
 from ..errors import HubError
+from ..history import Gap
 from ..ops import WSSession
 from .http import PUBLISH_MAX_BODY, SSE_HEADERS, PublishEndpoint, error_body, health, open_sse
 
@@ -170,10 +171,21 @@ class HubApp:
                 return
             status, payload, headers = self.publish_endpoint(request, body)
             await _json(send, status, payload, headers)
+        elif path == "/poll" and method == "GET":
+            watcher = None
+            try:
+                conn, status, body = await self._poll_open(request)
+                if conn is not None:
+                    watcher = asyncio.ensure_future(_watch_disconnect(receive, conn))
+                    status, body = await self._poll_wait(conn, request)
+            finally:
+                if watcher is not None:
+                    watcher.cancel()
+            await _json(send, status, body)
         elif path == "/healthz" and method in ("GET", "HEAD"):
             status, payload, headers = health(self.hub)
             await _json(send, status, payload, headers)
-        elif path in ("/sse", "/publish", "/healthz"):
+        elif path in ("/sse", "/publish", "/healthz", "/poll"):
             await _json(send, 405, error_body(405, f"{method} is not allowed on {path}"))
         else:
             await _json(send, 404, error_body(404, f"no such endpoint {path}"))
@@ -206,6 +218,62 @@ class HubApp:
         finally:
             conn.close(CLOSE_SHUTDOWN)
             watcher.cancel()
+
+    # -- long-poll ----------------------------------------------------------------
+    async def _poll_open(self, request: Request) -> tuple[ASGIConnection | None, int, Any]:
+        """Authenticate and subscribe a poll; (conn, 0, None) or (None, status, error body)."""
+        hub = self.hub
+        try:
+            principal = await hub.auth.principal(request)
+            if principal is None:
+                raise HubError(401, "authentication required")
+            topics = request.query.get("topic", [])
+            if not topics:
+                raise HubError(400, "at least one topic= is required")
+            _poll_timeout(request)
+            conn = ASGIConnection(hub, wire.WS, principal)
+            hub.attach(conn)
+            try:
+                for pattern in topics:
+                    hub.subscribe(conn, pattern, request.first("filter"))
+            except HubError:
+                hub.detach(conn)
+                raise
+        except HubError as error:
+            return None, error.code, error_body(error.code, error.reason)
+        return conn, 0, None
+
+    async def _poll_wait(self, conn: ASGIConnection, request: Request) -> tuple[int, bytes]:
+        """Answer at once with what is missed since ``since``, else wait for the next publication."""
+        hub = self.hub
+        start_id = hub.last_event_id  # a resume point for "nothing new yet"
+        since = request.header("last-event-id") or request.first("since")
+        try:
+            if since:
+                try:
+                    replay = hub.replay(conn, list(conn.subscriptions), since)
+                except Gap as gap:
+                    return 200, orjson.dumps({"messages": [], "last_id": start_id, "reset": {
+                        "topics": list(conn.subscriptions), "reason": gap.reason}})
+                if replay:
+                    envelopes = [wire.envelope_of_ws_frame(kept.frames[wire.WS]) for kept in replay]
+                    return 200, _poll_body(envelopes, replay[-1].event_id)
+            timeout = _poll_timeout(request)
+            if timeout > 0 and not conn.outbox.count and not conn.closed:
+                await conn.wait(timeout)
+            envelopes = []
+            if conn.outbox.count:
+                batch = conn.outbox.drain()
+                envelopes = [wire.envelope_of_ws_frame(frame) for frame in batch.split(b"\n")]
+            last_id = since or start_id
+            for envelope in reversed(envelopes):
+                event_id = orjson.loads(envelope).get("id")
+                if event_id is not None:
+                    last_id = event_id
+                    break
+            return 200, _poll_body(envelopes, last_id, conn.outbox.take_dropped())
+        finally:
+            conn.close(CLOSE_SHUTDOWN)
 
     # -- WebSocket --------------------------------------------------------------
     async def _websocket(self, scope: dict, receive, send, request: Request) -> None:
@@ -287,6 +355,27 @@ class HubApp:
             await send({"type": "websocket.send", "text": wire.WS_PING.decode()})
 
 
+POLL_MAX_TIMEOUT = 60.0
+
+
+def _poll_timeout(request: Request) -> float:
+    raw = request.first("timeout")
+    if raw is None or raw == "":
+        return 20.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise HubError(400, f"timeout must be a number of seconds, not {raw!r}") from None
+    if not 0 <= value <= POLL_MAX_TIMEOUT:
+        raise HubError(400, f"timeout must be between 0 and {POLL_MAX_TIMEOUT:g} seconds")
+    return value
+
+
+def _poll_body(envelopes: list[bytes], last_id: str | None, dropped: int = 0) -> bytes:
+    tail = b',"dropped":%d}' % dropped if dropped else b"}"
+    return b'{"messages":[' + b",".join(envelopes) + b'],"last_id":' + orjson.dumps(last_id) + tail
+
+
 async def _watch_disconnect(receive, conn: ASGIConnection) -> None:
     while True:
         message = await receive()
@@ -313,7 +402,7 @@ async def _read_body(receive, limit: int) -> bytes:
 
 
 async def _json(send, status: int, payload: Any, headers: list[tuple[str, str]] = ()) -> None:
-    body = orjson.dumps(payload)
+    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
         *((k.encode(), v.encode()) for k, v in headers)]})

@@ -140,7 +140,21 @@ async def open_sse(hub: "Hub", request: "Request", make_conn) -> tuple[Any, Resp
     })
     since = request.header("last-event-id") or request.first("since")
     if since:
-        # This hub keeps no history yet: every resume point is out of reach,
-        # which the contract says to answer with a reset, never a silent gap.
-        hello += sse_event("reset", {"topics": list(conn.subscriptions), "reason": "history_gap"})
+        hello += sse_replay(hub, conn, since)
     return conn, hello
+
+
+def sse_replay(hub: "Hub", conn, since: str) -> bytes:
+    """What the subscriptions missed since ``since`` as SSE events, or one ``reset``.
+
+    Runs in the same step as the subscribe: live events queue behind it.
+    """
+    from ..history import Gap
+    from ..wire import SSE, sse_event
+
+    patterns = list(conn.subscriptions)
+    try:
+        replay = hub.replay(conn, patterns, since)
+    except Gap as gap:
+        return sse_event("reset", {"topics": patterns, "reason": gap.reason})
+    return b"".join(kept.frames[SSE] for kept in replay)
