@@ -8,6 +8,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from .config import Config, ConfigError
 
@@ -84,7 +85,8 @@ def serve_command(args: argparse.Namespace) -> int:
         address=config.host, port=config.port, workers=config.workers,
         interface=Interfaces.ASGI, loop=Loops.uvloop,
         backlog=max(2048, min(config.max_connections, 65535)), backpressure=per_worker,
-        ssl_cert=config.tls_cert or None, ssl_key=config.tls_key or None,
+        ssl_cert=Path(config.tls_cert) if config.tls_cert else None,
+        ssl_key=Path(config.tls_key) if config.tls_key else None,
         log_access=False,  # access lines would carry ?token= (see the README)
     )
     fast = config.effective_fast_port

@@ -54,6 +54,8 @@ class Config:
     max_connections: int = 100_000
     max_connections_per_user: int = 100
     client_publish_rate: float = 20.0
+    connect_rate: float = 500.0  # connection attempts per second per client IP (burst 2x)
+    access_log: bool = False
     presence_ttl: float = 30.0
     recovery_max: int = 1000
     fast_port: int | None = None  # None: PORT + 1; 0: off
@@ -106,7 +108,8 @@ class Config:
         check("port", self.port <= 65535, f"must be a TCP port, got {self.port}")
         if self.fast_port is not None:
             check("fast_port", 0 <= self.fast_port <= 65535, f"must be a TCP port or 0, got {self.fast_port}")
-        for name in ("history_ttl", "heartbeat", "client_publish_rate", "presence_ttl", "drain_timeout"):
+        for name in ("history_ttl", "heartbeat", "client_publish_rate", "presence_ttl", "drain_timeout",
+                     "connect_rate"):
             value = getattr(self, name)
             check(name, value > 0, f"must be positive, got {value}")
         check("slow_consumer", self.slow_consumer in ("drop_oldest", "disconnect"),

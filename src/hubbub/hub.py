@@ -26,6 +26,7 @@ from .connection import CLOSE_SHUTDOWN, CLOSE_SLOW, Connection
 from .errors import Forbidden, HubError
 from .filters import FilterError, compile_filter, validate_tags
 from .history import HISTORY_GAP, Gap, History, Kept
+from .limits import PerKeyLimiter
 from .priority import Priority
 from .topics import TopicError, validate_pattern, validate_topic
 
@@ -72,6 +73,7 @@ class Hub:
         self._servers: list[NativeServer] = []
         self._stopping: asyncio.Future | None = None
         self.history = History(self.config.history_size, self.config.history_ttl)
+        self.connect_limiter = PerKeyLimiter(self.config.connect_rate)
         self._expiry: asyncio.Task | None = None
 
     @classmethod
@@ -154,6 +156,13 @@ class Hub:
         return server
 
     # -- connections and subscriptions ---------------------------------------
+    def admit(self, client_ip: str | None) -> None:
+        """A new connection attempt from ``client_ip``; 429 past CONNECT_RATE."""
+        if self.draining:
+            raise HubError(503, "hub is shutting down")
+        if not self.connect_limiter.allow(client_ip):
+            raise HubError(429, "too many connection attempts from this address")
+
     def attach(self, conn: Connection) -> None:
         if self.draining:
             raise HubError(503, "hub is shutting down")

@@ -14,14 +14,20 @@ import orjson
 
 from . import wire
 from .auth import Principal, Request
-from .connection import CLOSE_AUTH, CLOSE_TOO_BIG, Connection
+from .connection import CLOSE_AUTH, CLOSE_POLICY, CLOSE_TOO_BIG, Connection
 from .errors import HubError
 from .history import Gap
+from .limits import AbuseCounter, TokenBucket
 
 if TYPE_CHECKING:
     from .hub import Hub
 
 AUTH_TIMEOUT = 5.0
+CLOSE_TRY_LATER = 1013
+# Refused publishes (over CLIENT_PUBLISH_RATE) tolerated within ABUSE_WINDOW
+# seconds, as a multiple of the burst, before the connection is closed 1008.
+ABUSE_WINDOW = 10.0
+ABUSE_BURSTS = 2
 
 
 def query_subscriptions(hub: "Hub", conn: Connection, request: Request) -> list[HubError]:
@@ -43,9 +49,18 @@ class WSSession:
         self.request = request
         self.authenticated = False
         self._auth_timer: asyncio.TimerHandle | None = None
+        rate = hub.config.client_publish_rate
+        self.publish_bucket = TokenBucket(rate)
+        self.abuse = AbuseCounter(int(ABUSE_BURSTS * self.publish_bucket.burst), ABUSE_WINDOW)
 
     async def open(self) -> None:
         """After the transport accepted: authenticate or wait for an auth frame."""
+        try:
+            self.hub.admit(self.request.client)
+        except HubError as error:
+            self.conn.send_control(wire.ws_error(error.code, error.reason))
+            self.conn.close(CLOSE_TRY_LATER, error.reason)
+            return
         try:
             principal = await self.hub.auth.principal(self.request)
         except HubError as error:
@@ -73,7 +88,7 @@ class WSSession:
             self.hub.attach(conn)
         except HubError as error:
             conn.send_control(wire.ws_error(error.code, error.reason, request_id))
-            conn.close(CLOSE_AUTH if error.code == 401 else 1008, error.reason)
+            conn.close(CLOSE_AUTH if error.code == 401 else CLOSE_POLICY, error.reason)
             return
         self.authenticated = True
         if request_id is not None:
@@ -160,6 +175,12 @@ class WSSession:
     def op_publish(self, msg: dict, request_id: Any) -> None:
         if "topic" not in msg:
             raise HubError(400, "publish needs 'topic'")
+        if not self.publish_bucket.take():
+            if self.abuse.strike():
+                self.conn.send_control(wire.ws_error(429, "publish rate exceeded", request_id))
+                self.conn.close(CLOSE_POLICY, "publish rate exceeded persistently")
+                return
+            raise HubError(429, f"publish rate exceeded ({self.hub.config.client_publish_rate:g}/s)")
         event_id = self.hub.client_publish(self.conn.principal, msg)
         self.conn.send_control(wire.ws_op("ack", id=request_id, event_id=event_id))
 

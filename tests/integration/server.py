@@ -36,19 +36,21 @@ def free_port_pair() -> int:
 
 
 class HubProcess:
-    def __init__(self, env: dict[str, str] | None = None, dev: bool = True, args: list[str] = ()) -> None:
+    def __init__(self, env: dict[str, str] | None = None, dev: bool = True, args: list[str] = (),
+                 tls=None) -> None:
         self.port = free_port_pair()
         self.fast_port = self.port + 1
         self.env = {**os.environ, "HUBBUB_PORT": str(self.port), "HUBBUB_FAST_PORT": str(self.fast_port),
                     "PYTHONUNBUFFERED": "1", **(env or {})}
         self.dev = dev
         self.args = list(args)
+        self.tls = tls  # an ssl.SSLContext trusting the hub's certificate, when it serves TLS
         self.proc: subprocess.Popen | None = None
         self.log_path: Path | None = None
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def url(self, port_kind: str, path: str, scheme: str = "http") -> str:
         port = self.port if port_kind == "asgi" else self.fast_port
@@ -65,7 +67,7 @@ class HubProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"hub exited at start:\n{self.output()}")
             try:
-                if httpx.get(self.base + "/healthz", timeout=1).status_code == 200 and \
+                if httpx.get(self.base + "/healthz", timeout=1, verify=self.tls or True).status_code == 200 and \
                         _port_open(self.fast_port):
                     return self
             except httpx.HTTPError:
@@ -90,7 +92,7 @@ class HubProcess:
             raise
 
     def stats(self) -> dict:
-        return httpx.get(self.base + "/healthz", timeout=5).json()
+        return httpx.get(self.base + "/healthz", timeout=5, verify=self.tls or True).json()
 
     def publish(self, *publications: dict, headers: dict | None = None) -> list:
         body = publications[0] if len(publications) == 1 else list(publications)

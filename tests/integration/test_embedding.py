@@ -79,3 +79,43 @@ async def test_in_process_hub_health_reports_draining():
         await hub.stop()
         response = await client.get("/healthz")
         assert response.status_code == 503 and response.json()["status"] == "draining"
+
+
+@pytest.fixture(scope="module")
+def session_app(tmp_path_factory):
+    port = free_port_pair()
+    log = open(tmp_path_factory.mktemp("auth") / "uvicorn.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "examples.fastapi_auth_app:app",
+                             "--port", str(port), "--log-level", "warning"],
+                            cwd=ROOT, env={**os.environ, "HUBBUB_DEV": "1"}, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(base + "/rt/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
+        time.sleep(0.1)
+    yield base
+    proc.terminate()
+    proc.wait(15)
+
+
+async def test_pluggable_authenticate_hook(session_app):
+    async with httpx.AsyncClient(base_url=session_app, timeout=10) as client:
+        assert (await client.get("/rt/sse?topic=news.%3E")).status_code == 401  # no session
+        bad = await client.get("/rt/sse?topic=news.%3E", headers={"Cookie": "session=nope"})
+        assert bad.status_code == 401 and bad.json()["reason"] == "unknown session"
+        other = await client.get("/rt/sse?topic=user.bob.inbox", headers={"Cookie": "session=s-alice"})
+        assert other.status_code == 403
+        ws_url = session_app.replace("http", "ws") + "/rt/ws?topic=news.%3E&topic=user.alice.%3E"
+        async with ws_connect(ws_url, additional_headers={"Cookie": "session=s-alice"}) as ws:
+            await asyncio.sleep(0.2)
+            await client.post("/news", json={"headline": "hello"})
+            [message] = await ws_messages(ws, 1)
+            assert message["topic"] == "news.latest" and message["event"] == "news"
+            await ws.send(json.dumps({"op": "publish", "topic": "user.alice.notes", "data": 1, "id": 1}))
+            got = await ws_messages(ws, 2)
+            assert {m["op"] for m in got} == {"ack", "message"}

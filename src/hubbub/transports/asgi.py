@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from .. import wire
+from ..accesslog import log_access
 from ..auth import ANONYMOUS, Request
 from ..connection import CLOSE_SHUTDOWN, Connection
 from ..errors import HubError
@@ -128,6 +129,8 @@ class HubApp:
         # Mounted in a router that keeps lifespan to itself: start on first use.
         await self.hub.start()
         path = route_path(scope)
+        if self.hub.config.access_log:
+            send = _logging_send(scope, path, send)
         if kind == "websocket":
             if path == "/ws":
                 await self._websocket(scope, receive, send, request_of(scope, path))
@@ -224,6 +227,7 @@ class HubApp:
         """Authenticate and subscribe a poll; (conn, 0, None) or (None, status, error body)."""
         hub = self.hub
         try:
+            hub.admit(request.client)
             principal = await hub.auth.principal(request)
             if principal is None:
                 raise HubError(401, "authentication required")
@@ -374,6 +378,23 @@ def _poll_timeout(request: Request) -> float:
 def _poll_body(envelopes: list[bytes], last_id: str | None, dropped: int = 0) -> bytes:
     tail = b',"dropped":%d}' % dropped if dropped else b"}"
     return b'{"messages":[' + b",".join(envelopes) + b'],"last_id":' + orjson.dumps(last_id) + tail
+
+
+def _logging_send(scope: dict, path: str, send):
+    """Wrap ``send`` to write one access line when the response (or accept/close) starts."""
+    client = (scope.get("client") or ("-",))[0]
+    query = scope.get("query_string", b"").decode("latin-1")
+    method = scope.get("method", "WS")
+
+    async def logged(message: dict) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            log_access(client, method, path, query, message["status"], "asgi")
+        elif kind in ("websocket.accept", "websocket.close") and not getattr(logged, "done", False):
+            logged.done = True
+            log_access(client, "WS", path, query, 101 if kind == "websocket.accept" else 403, "asgi")
+        await send(message)
+    return logged
 
 
 async def _watch_disconnect(receive, conn: ASGIConnection) -> None:

@@ -119,6 +119,7 @@ async def open_sse(hub: "Hub", request: "Request", make_conn) -> tuple[Any, Resp
     from ..wire import SSE_PREAMBLE, sse_event
 
     try:
+        hub.admit(request.client)
         principal = await hub.auth.principal(request)
         if principal is None:
             raise Unauthorized("authentication required")

@@ -26,6 +26,7 @@ from picows import WSAutoPingStrategy, WSListener, WSMsgType
 from picows.picows import WSProtocol
 
 from .. import wire
+from ..accesslog import log_access
 from ..auth import ANONYMOUS, Request
 from ..connection import CLOSE_SHUTDOWN, Connection
 from ..ops import WSSession
@@ -40,6 +41,7 @@ picows_log.setLevel(logging.WARNING)  # picows logs every accepted connection at
 
 MAX_HEAD_BYTES = 16 << 10
 MAX_HEADERS = 100
+CLOSE_TIMEOUT = 2.0  # seconds a peer has to answer our close frame
 HIGH_WATER = 256 << 10  # bytes in the kernel-side write buffer before we stop feeding it
 SSE_HEAD = b"HTTP/1.1 200 OK\r\n" + b"".join(
     f"{k}: {v}\r\n".encode() for k, v in SSE_HEADERS) + b"connection: close\r\n\r\n"
@@ -127,6 +129,9 @@ class _Sniffer(asyncio.Protocol):
             self._reply(400, error_body(400, f"malformed request: {error}"))
             return
         url = urlsplit(target)
+        if self.server.hub.config.access_log:
+            log_access(self.transport.get_extra_info("peername", ("-",))[0], method, url.path,
+                       url.query, "-", "native")
         request = Request(path=url.path, headers=headers,
                           query=parse_qs(url.query, keep_blank_values=True),
                           client=(self.transport.get_extra_info("peername") or ("?",))[0])
@@ -320,7 +325,9 @@ class NativeWSConnection(Connection):
         self.close_code = code
         self.hub.detach(self)
         self.ws.send_close(code, reason.encode()[:120])
-        self.ws.disconnect()
+        # Let the peer answer the close (its reply disconnects, see _WSHandler):
+        # cutting the socket now could reset it before it reads our close frame.
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.ws.disconnect)
 
 
 class _WSHandler(WSListener):
