@@ -35,11 +35,19 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("config", help="print the effective configuration (secrets masked)")
 
+    bench = commands.add_parser("bench", help="fan-out benchmark against the peers (pip install 'hubbub[bench]')")
+    bench.add_argument("--quick", action="store_true", help="smaller runs, about two minutes")
+    bench.add_argument("--out", default="bench/results", help="where tables, JSON and plots go")
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve_command(args)
     if args.command == "publish":
         return publish_command(args)
+    if args.command == "bench":
+        from .benchmark.run import main as bench_main
+
+        return bench_main((["--quick"] if args.quick else []) + ["--out", args.out])
     return config_command()
 
 

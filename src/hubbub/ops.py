@@ -98,6 +98,7 @@ class WSSession:
         since = self.request.first("since")
         if since and conn.subscriptions:
             self._recover(list(conn.subscriptions), since)
+        self.request = None  # the handshake is done with; idle connections stay small
 
     def _recover(self, patterns: list[str], since: str) -> None:
         """Replay what these subscriptions missed since ``since``, or reset them."""

@@ -38,9 +38,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("hubbub.native")
 picows_log = logging.getLogger("hubbub.native.picows")
 picows_log.setLevel(logging.WARNING)  # picows logs every accepted connection at INFO
+# Handed to picows as an adapter, not a Logger: given a Logger, picows builds
+# a child logger for every connection (about 2 KiB each, never freed).
+picows_logger = logging.LoggerAdapter(picows_log, {})
 
 MAX_HEAD_BYTES = 16 << 10
 MAX_HEADERS = 100
+# picows' read buffer starts at this size and grows when a frame needs it:
+# clients mostly listen, so small keeps idle connections cheap (16 KiB was
+# most of the RSS of an idle connection).
+READ_BUFFER_INITIAL = 2048
 CLOSE_TIMEOUT = 2.0  # seconds a peer has to answer our close frame
 HIGH_WATER = 256 << 10  # bytes in the kernel-side write buffer before we stop feeding it
 SSE_HEAD = b"HTTP/1.1 200 OK\r\n" + b"".join(
@@ -65,13 +72,29 @@ class NativeServer:
         self.sse_connections: set[NativeSSEConnection] = set()
         self._heartbeat_task: asyncio.Task | None = None
         self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._to_flush: list = []
+        self._flush_handle: asyncio.Handle | None = None
 
     async def start(self, host: str, port: int, ssl=None, reuse_port: bool = False) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             lambda: _Sniffer(self), host, port, ssl=ssl, reuse_port=reuse_port, backlog=4096)
         self.port = self.server.sockets[0].getsockname()[1]
         self._heartbeat_task = asyncio.ensure_future(self._sse_heartbeats())
+
+    def schedule(self, conn) -> None:
+        """Flush ``conn`` at the end of this loop turn, with every other woken
+        connection: one callback a turn, however many connections."""
+        self._to_flush.append(conn)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush_all)
+
+    def _flush_all(self) -> None:
+        self._flush_handle = None
+        connections, self._to_flush = self._to_flush, []
+        for conn in connections:
+            conn.flush()
 
     async def close(self) -> None:
         if self._heartbeat_task is not None:
@@ -95,13 +118,13 @@ class NativeServer:
         """picows' own server protocol, configured as ``ws_create_server`` would."""
         heartbeat = self.hub.config.heartbeat
         return WSProtocol(
-            None, None, False, listener_factory, picows_log,
+            None, None, False, listener_factory, picows_logger,
             True,  # disconnect on exception
             5.0,   # handshake timeout
             True, heartbeat, heartbeat, WSAutoPingStrategy.PING_WHEN_IDLE,  # protocol-level liveness
             True,  # auto pong
             self.hub.config.max_message_bytes,
-            None, 16 * 1024,
+            None, READ_BUFFER_INITIAL,
         )
 
 
@@ -193,13 +216,14 @@ class NativeSSEConnection(Connection):
     def __init__(self, hub: "Hub", principal, stream: "_SSEStream") -> None:
         super().__init__(hub, wire.SSE, principal)
         self.stream = stream
+        self.server = stream.server
         self.scheduled = False
         self.idle = True
 
     def wake(self) -> None:
         if not self.scheduled and not self.closed:
             self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            self.server.schedule(self)
 
     def flush(self) -> None:
         self.scheduled = False
@@ -286,15 +310,16 @@ def text_frame_header(length: int) -> bytes:
 class NativeWSConnection(Connection):
     transport = "native-ws"
 
-    def __init__(self, hub: "Hub", ws) -> None:
+    def __init__(self, hub: "Hub", ws, server: NativeServer) -> None:
         super().__init__(hub, wire.WS, ANONYMOUS)
         self.ws = ws
+        self.server = server
         self.scheduled = False
 
     def wake(self) -> None:
         if not self.scheduled and not self.closed:
             self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            self.server.schedule(self)
 
     def flush(self) -> None:
         self.scheduled = False
@@ -344,8 +369,9 @@ class _WSHandler(WSListener):
             transport.send_close(CLOSE_SHUTDOWN)
             transport.disconnect()
             return
-        self.conn = NativeWSConnection(hub, transport)
+        self.conn = NativeWSConnection(hub, transport, self.server)
         self.session = WSSession(hub, self.conn, self.request)
+        self.request = None
         asyncio.ensure_future(self.session.open())
 
     def on_ws_frame(self, transport, frame) -> None:

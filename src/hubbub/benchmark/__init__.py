@@ -1,0 +1,1 @@
+"""Server-side fan-out benchmark: Hubbub on both ports against its peers, side by side."""

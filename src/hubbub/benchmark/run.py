@@ -1,0 +1,309 @@
+"""``hubbub bench [--quick]``: the fan-out benchmark, every contender in one run.
+
+Shape measured: ONE topic, every client subscribed to it, the publisher in
+the server process (each contender's own publish call, driven by the same
+loop: bursts of SATURATED_BURST per event-loop turn, or a steady rate), ~100-byte payloads. The server is
+pinned to CPU 0, the load generator (another process) to CPU 1. Server CPU
+is user + system time of the server's process tree while publishing and
+delivering; deliveries are counted by the clients.
+
+Writes ``<out>/<scenario>.json``, ``<out>/RESULTS.md`` (the tables) and PNG
+plots (throughput against subscribers, latency CDF).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SERVERS = "hubbub.benchmark.servers"
+
+
+def _plain(name):
+    return [sys.executable, "-m", SERVERS, name, "{port}"]
+
+
+def _granian(app):
+    return [sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--factory",
+            "--port", "{port}", "--backlog", "16384", "--backpressure", "100000",
+            "--log-level", "warning", f"{SERVERS}:{app}"]
+
+
+def _uvicorn(app):
+    return [sys.executable, "-m", "uvicorn", "--factory", "--port", "{port}", "--loop", "uvloop",
+            "--log-level", "warning", "--backlog", "16384", f"{SERVERS}:{app}"]
+
+
+WS_PATH = "/ws?topic=bench.t"
+SSE_PATH = "/sse?topic=bench.t"
+CONTENDERS = {
+    "hubbub native ws": (_plain("hubbub-native"), "ws", WS_PATH),
+    "hubbub native sse": (_plain("hubbub-native"), "sse", SSE_PATH),
+    "hubbub asgi ws (granian)": (_granian("hubbub_asgi_app"), "ws", WS_PATH),
+    "hubbub asgi sse (granian)": (_granian("hubbub_asgi_app"), "sse", SSE_PATH),
+    "naive picows loop": (_plain("naive-picows"), "ws", "/"),
+    "websockets broadcast()": (_plain("websockets-broadcast"), "ws", "/"),
+    "naive granian asgi ws": (_granian("naive_granian_app"), "ws", "/"),
+    "sse-starlette (granian)": (_granian("sse_starlette_app"), "sse", "/sse"),
+    "python-socketio (uvicorn)": (_uvicorn("socketio_app"), "socketio", "/socket.io/?EIO=4&transport=websocket"),
+}
+IDLE_CONTENDERS = ["hubbub native ws", "hubbub asgi ws (granian)", "naive picows loop",
+                   "websockets broadcast()", "naive granian asgi ws"]
+
+
+# "Saturated": the publisher yields to the event loop once per 100
+# publications, so whatever a server can batch, it may. Servers that write
+# per message per client are unaffected by the burst size.
+SATURATED_BURST = 100
+
+
+def scenarios(quick: bool, smoke: bool = False) -> list[dict]:
+    if smoke:  # every contender and scenario, tiny: proves the harness works (the tests run it)
+        return [dict(s, clients=min(s["clients"], 50 if s.get("idle") else 20), count=min(s["count"], 50),
+                     rate=0) for s in scenarios(True) if not s.get("needs_fds")]
+    scale = 0.2 if quick else 1.0
+    return [
+        {"name": "fanout-1k", "title": "1,000 subscribers, saturated publishing (100 B)",
+         "clients": 1000, "count": int(500 * scale), "rate": 0, "burst": SATURATED_BURST},
+        {"name": "fanout-100", "title": "100 subscribers, saturated publishing (100 B)",
+         "clients": 100, "count": int(5000 * scale), "rate": 0, "burst": SATURATED_BURST},
+        {"name": "latency-1k", "title": "1,000 subscribers x 100 msg/s steady (latency)",
+         "clients": 1000, "count": int(1000 * scale), "rate": 100, "burst": 1},
+        {"name": "idle-10k", "title": "10,000 idle connections (RSS per connection)",
+         "clients": 2000 if quick else 10000, "count": 0, "rate": 0, "burst": 1, "idle": True},
+        {"name": "idle-100k", "title": "100,000 idle connections", "clients": 100_000, "count": 0,
+         "rate": 0, "burst": 1, "idle": True, "needs_fds": 210_000},
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                todo.extend(int(c) for c in Path(f"/proc/{current}/task/{task}/children").read_text().split())
+    return pids
+
+
+def _cpu(pid: int) -> float:
+    total = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_kib(pid: int) -> int:
+    total = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("server exited at start")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+def run_case(contender: str, scenario: dict, workdir: Path) -> dict:
+    command, protocol, path = CONTENDERS[contender]
+    port = _free_port()
+    go_file = workdir / f"go-{port}"
+    env = {**os.environ, "BENCH_COUNT": str(scenario["count"]), "BENCH_BURST": str(scenario["burst"]),
+           "BENCH_RATE": str(scenario["rate"]), "BENCH_SIZE": "100", "BENCH_GO_FILE": str(go_file),
+           "HUBBUB_DEV": "1", "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen(["taskset", "-c", "0", *(a.format(port=port) for a in command)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=open(workdir / f"server-{port}.log", "wb"),
+                              start_new_session=True)
+    try:
+        _wait_port(port, server)
+        time.sleep(0.3)
+        rss_before = _rss_kib(server.pid)
+        scheme = "http" if protocol == "sse" else "ws"
+        loadgen = subprocess.Popen(
+            ["taskset", "-c", "1", sys.executable, "-m", "hubbub.benchmark.loadgen", "--protocol", protocol,
+             "--url", f"{scheme}://127.0.0.1:{port}{path}", "--clients", str(scenario["clients"]),
+             "--count", str(scenario["count"]), "--hold", "3" if scenario.get("idle") else "0"],
+            env=env, stdout=subprocess.PIPE, stderr=open(workdir / f"loadgen-{port}.log", "wb"), text=True)
+        line = loadgen.stdout.readline().strip()
+        if line != "ready":
+            loadgen.wait(30)
+            raise RuntimeError(f"load generator failed: {(workdir / f'loadgen-{port}.log').read_text()[-500:]}")
+        result: dict = {"contender": contender, "scenario": scenario["name"]}
+        if scenario.get("idle"):
+            time.sleep(1.5)
+            rss_after = _rss_kib(server.pid)
+            result["rss_per_connection_kib"] = (rss_after - rss_before) / scenario["clients"]
+        cpu_before = _cpu(server.pid)
+        go_file.touch()
+        output = json.loads(loadgen.stdout.readline())
+        cpu = _cpu(server.pid) - cpu_before
+        loadgen.wait(30)
+        result.update(output)
+        result["server_cpu_s"] = cpu
+        result["lost"] = output["expected"] - output["received"]
+        if output["received"]:
+            result["cpu_us_per_delivery"] = cpu / output["received"] * 1e6
+            result["deliveries_per_s"] = output["received"] / max(output["seconds"], 1e-9)
+        return result
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, 15)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+            server.wait(5)
+
+
+def _fmt(value, unit="", digits=2):
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}{unit}"
+    return f"{value:,}{unit}"
+
+
+def table(scenario: dict, rows: list[dict]) -> str:
+    lines = [f"### {scenario['title']}", ""]
+    if scenario.get("idle"):
+        lines += ["| contender | connections | RSS per connection |", "| --- | --- | --- |"]
+        for r in rows:
+            if "error" in r:
+                lines.append(f"| {r['contender']} | — | {r['error']} |")
+            else:
+                lines.append(f"| {r['contender']} | {r['clients']:,} | {_fmt(r['rss_per_connection_kib'], ' KiB')} |")
+        return "\n".join(lines)
+    lines += ["| contender | deliveries/s | server CPU per delivery | p50 | p99 | max | lost |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['contender']} | — | — | — | — | — | {r['error']} |")
+            continue
+        lines.append(f"| {r['contender']} | {_fmt(r.get('deliveries_per_s'), digits=0)} |"
+                     f" {_fmt(r.get('cpu_us_per_delivery'), ' µs')} | {_fmt(r['p50_ms'], ' ms')} |"
+                     f" {_fmt(r['p99_ms'], ' ms')} | {_fmt(r['max_ms'], ' ms')} | {r['lost']:,} of {r['expected']:,} |")
+    return "\n".join(lines)
+
+
+def plots(results: dict[str, list[dict]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for contender in CONTENDERS:
+        points = [(r["clients"], r.get("deliveries_per_s", 0)) for name in ("fanout-100", "fanout-1k")
+                  for r in results.get(name, []) if r["contender"] == contender and "error" not in r]
+        if points:
+            ax.plot(*zip(*sorted(points)), marker="o", label=contender)
+    ax.set_xscale("log")
+    ax.set_xlabel("subscribers")
+    ax.set_ylabel("deliveries / s")
+    ax.set_title("Fan-out throughput (saturated publishing, 100 B)")
+    ax.legend(fontsize=7)
+    path = out / "throughput.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    written.append(path)
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in results.get("latency-1k", []):
+        samples = sorted(r.get("latency_samples") or [])
+        if samples:
+            ax.plot([s / 1e6 for s in samples], [i / len(samples) for i in range(len(samples))],
+                    label=r["contender"])
+    ax.set_xscale("log")
+    ax.set_xlabel("publish-to-receive latency (ms)")
+    ax.set_ylabel("fraction of messages")
+    ax.set_title("Latency CDF, 1,000 subscribers x 100 msg/s")
+    ax.legend(fontsize=7)
+    path = out / "latency_cdf.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    written.append(path)
+    plt.close("all")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hubbub bench")
+    parser.add_argument("--quick", action="store_true", help="smaller runs (about two minutes)")
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="bench/results", help="where results go")
+    parser.add_argument("--only", action="append", help="contender names to run (substring match)")
+    parser.add_argument("--scenario", action="append", help="scenario names to run")
+    parser.add_argument("--burst", type=int,
+                        help=f"publications per event-loop turn in saturated runs ({SATURATED_BURST})")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    workdir = Path(tempfile.mkdtemp(prefix="hubbub-bench-"))
+    results: dict[str, list[dict]] = {}
+    sections = []
+    for scenario in scenarios(args.quick, args.smoke):
+        if args.scenario and scenario["name"] not in args.scenario:
+            continue
+        if args.burst and not scenario["rate"]:
+            scenario["burst"] = args.burst
+        names = IDLE_CONTENDERS if scenario.get("idle") else list(CONTENDERS)
+        if args.only:
+            names = [n for n in names if any(o in n for o in args.only)]
+        rows = []
+        for name in names:
+            if scenario.get("needs_fds", 0) > hard:
+                rows.append({"contender": name, "scenario": scenario["name"],
+                             "error": f"skipped: needs ulimit -n >= {scenario['needs_fds']:,} (here {hard:,})"})
+                continue
+            print(f"[{scenario['name']}] {name} ...", file=sys.stderr, flush=True)
+            try:
+                rows.append(run_case(name, scenario, workdir))
+            except Exception as error:  # one broken contender must not hide the others
+                rows.append({"contender": name, "scenario": scenario["name"], "error": str(error)[:200]})
+        results[scenario["name"]] = rows
+        (out / f"{scenario['name']}.json").write_text(json.dumps(rows, indent=1))
+        sections.append(table(scenario, rows))
+    header = (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()};"
+              f" command: `hubbub bench{' --quick' if args.quick else ''}`")
+    report = header + "\n\n" + "\n\n".join(sections) + "\n"
+    (out / "RESULTS.md").write_text(report)
+    with contextlib.suppress(Exception):
+        for path in plots(results, out):
+            print(f"wrote {path}", file=sys.stderr)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
