@@ -109,20 +109,31 @@ class SSEClient(asyncio.Protocol):
             self.buffer = self.buffer[max(end, len(self.buffer) - 64):]
 
 
+# One source address has ~28k ephemeral ports: past that, clients dial from
+# further loopback addresses (127.0.0.2, .3, ...), as a 100k-connection run needs.
+CLIENTS_PER_SOURCE = 20_000
+
+
+def source_address(index: int) -> tuple[str, int] | None:
+    block = index // CLIENTS_PER_SOURCE
+    return None if block == 0 else (f"127.0.0.{1 + block}", 0)
+
+
 async def connect_one(args, stats: Stats, index: int) -> object:
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
     sample = index < args.sample
+    local_addr = source_address(index)
     if args.protocol == "sse":
         url = urlsplit(args.url)
         target = url.path + ("?" + url.query if url.query else "")
         request = f"GET {target} HTTP/1.1\r\nHost: {url.netloc}\r\nAccept: text/event-stream\r\n\r\n".encode()
         transport, _ = await loop.create_connection(lambda: SSEClient(stats, sample, request, ready),
-                                                    url.hostname, url.port)
+                                                    url.hostname, url.port, local_addr=local_addr)
     else:
         transport, _ = await ws_connect(
             lambda: WSClient(stats, sample, args.protocol == "socketio", ready), args.url,
-            max_frame_size=1 << 30)
+            max_frame_size=1 << 30, **({"local_addr": local_addr} if local_addr else {}))
     await asyncio.wait_for(ready, 30)
     return transport
 

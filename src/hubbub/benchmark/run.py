@@ -228,6 +228,7 @@ def plots(results: dict[str, list[dict]], out: Path) -> list[Path]:
         if points:
             ax.plot(*zip(*sorted(points)), marker="o", label=contender)
     ax.set_xscale("log")
+    ax.set_yscale("log")  # the peers sit one to two orders of magnitude apart
     ax.set_xlabel("subscribers")
     ax.set_ylabel("deliveries / s")
     ax.set_title("Fan-out throughput (saturated publishing, 100 B)")
