@@ -1,5 +1,6 @@
 """The hub as a plain ASGI app mounted in Starlette and FastAPI, served by uvicorn."""
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -15,26 +16,35 @@ from .server import free_port_pair, ws_connect, ws_messages
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(params=["examples.starlette_app:app", "examples.fastapi_app:app"], scope="module")
-def embedded(request, tmp_path_factory):
+@contextlib.contextmanager
+def uvicorn_serving(app: str, log_dir: Path):
+    """``uvicorn APP`` on a free loopback port, in dev mode; yields its base URL."""
     port = free_port_pair()
-    log = open(tmp_path_factory.mktemp("embed") / "uvicorn.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", request.param, "--port", str(port),
+    log = open(log_dir / "uvicorn.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", app, "--port", str(port),
                              "--log-level", "warning"],
                             cwd=ROOT, env={**os.environ, "HUBBUB_DEV": "1"}, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(base + "/rt/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
-        time.sleep(0.1)
-    yield base
-    proc.terminate()
-    proc.wait(15)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/rt/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+@pytest.fixture(params=["examples.starlette_app:app", "examples.fastapi_app:app"], scope="module")
+def embedded(request, tmp_path_factory):
+    with uvicorn_serving(request.param, tmp_path_factory.mktemp("embed")) as base:
+        yield base
 
 
 async def test_app_publishes_domain_events_to_ws_and_sse_clients(embedded):
@@ -83,24 +93,8 @@ async def test_in_process_hub_health_reports_draining():
 
 @pytest.fixture(scope="module")
 def session_app(tmp_path_factory):
-    port = free_port_pair()
-    log = open(tmp_path_factory.mktemp("auth") / "uvicorn.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "examples.fastapi_auth_app:app",
-                             "--port", str(port), "--log-level", "warning"],
-                            cwd=ROOT, env={**os.environ, "HUBBUB_DEV": "1"}, stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(base + "/rt/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
-        time.sleep(0.1)
-    yield base
-    proc.terminate()
-    proc.wait(15)
+    with uvicorn_serving("examples.fastapi_auth_app:app", tmp_path_factory.mktemp("auth")) as base:
+        yield base
 
 
 async def test_pluggable_authenticate_hook(session_app):

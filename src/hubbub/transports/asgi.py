@@ -21,7 +21,8 @@ from ..connection import CLOSE_SHUTDOWN, Connection
 from ..errors import HubError
 from ..history import Gap
 from ..ops import WSSession
-from .http import PUBLISH_MAX_BODY, SSE_HEADERS, PublishEndpoint, error_body, health, open_sse
+from .http import (PUBLISH_MAX_BODY, SSE_HEADERS, PublishEndpoint, error_body, health, open_sse,
+                   open_subscriber)
 
 if TYPE_CHECKING:
     from ..hub import Hub
@@ -225,24 +226,9 @@ class HubApp:
     # -- long-poll ----------------------------------------------------------------
     async def _poll_open(self, request: Request) -> tuple[ASGIConnection | None, int, Any]:
         """Authenticate and subscribe a poll; (conn, 0, None) or (None, status, error body)."""
-        hub = self.hub
         try:
-            hub.admit(request.client)
-            principal = await hub.auth.principal(request)
-            if principal is None:
-                raise HubError(401, "authentication required")
-            topics = request.query.get("topic", [])
-            if not topics:
-                raise HubError(400, "at least one topic= is required")
             _poll_timeout(request)
-            conn = ASGIConnection(hub, wire.WS, principal)
-            hub.attach(conn)
-            try:
-                for pattern in topics:
-                    hub.subscribe(conn, pattern, request.first("filter"))
-            except HubError:
-                hub.detach(conn)
-                raise
+            conn = await open_subscriber(self.hub, request, lambda p: ASGIConnection(self.hub, wire.WS, p))
         except HubError as error:
             return None, error.code, error_body(error.code, error.reason)
         return conn, 0, None

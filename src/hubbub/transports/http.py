@@ -110,34 +110,40 @@ SSE_HEADERS = [
 ]
 
 
-async def open_sse(hub: "Hub", request: "Request", make_conn) -> tuple[Any, Response | bytes]:
-    """Authenticate and subscribe an SSE request.
-
-    Returns (connection, the stream's first bytes) or (None, an error response).
-    """
+async def open_subscriber(hub: "Hub", request: "Request", make_conn):
+    """Admit, authenticate and subscribe the ``topic=`` patterns of an SSE or
+    poll request; returns the attached connection. Raises HubError (400, 401,
+    403, 429) before anything is attached."""
     from ..auth import Unauthorized
+
+    hub.admit(request.client)
+    principal = await hub.auth.principal(request)
+    if principal is None:
+        raise Unauthorized("authentication required")
+    topics = request.query.get("topic", [])
+    if not topics:
+        raise HubError(400, "at least one topic= is required")
+    conn = make_conn(principal)
+    hub.attach(conn)
+    try:
+        for pattern in topics:
+            hub.subscribe(conn, pattern, request.first("filter"))
+    except HubError:
+        hub.detach(conn)
+        raise
+    return conn
+
+
+async def open_sse(hub: "Hub", request: "Request", make_conn) -> tuple[Any, Response | bytes]:
+    """Open an SSE stream: (connection, the stream's first bytes) or (None, an error response)."""
     from ..wire import SSE_PREAMBLE, sse_event
 
     try:
-        hub.admit(request.client)
-        principal = await hub.auth.principal(request)
-        if principal is None:
-            raise Unauthorized("authentication required")
-        topics = request.query.get("topic", [])
-        if not topics:
-            raise HubError(400, "at least one topic= is required")
-        conn = make_conn(principal)
-        hub.attach(conn)
-        try:
-            for pattern in topics:
-                hub.subscribe(conn, pattern, request.first("filter"))
-        except HubError:
-            hub.detach(conn)
-            raise
+        conn = await open_subscriber(hub, request, make_conn)
     except HubError as error:
         return None, error_response(error)
     hello = SSE_PREAMBLE + sse_event("connected", {
-        "connection_id": conn.id, "topics": list(conn.subscriptions), "user": principal.user,
+        "connection_id": conn.id, "topics": list(conn.subscriptions), "user": conn.principal.user,
     })
     since = request.header("last-event-id") or request.first("since")
     if since:

@@ -209,16 +209,15 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
     return parts[0], parts[1], headers
 
 
-# -- SSE ------------------------------------------------------------------------
-class NativeSSEConnection(Connection):
-    transport = "native-sse"
+class _NativeConnection(Connection):
+    """A connection whose writer is a plain function: woken, it is flushed at
+    the end of the loop turn (with all others, see NativeServer.schedule)."""
 
-    def __init__(self, hub: "Hub", principal, stream: "_SSEStream") -> None:
-        super().__init__(hub, wire.SSE, principal)
-        self.stream = stream
-        self.server = stream.server
+    def __init__(self, hub: "Hub", fmt: int, principal, server: NativeServer, transport) -> None:
+        super().__init__(hub, fmt, principal)
+        self.server = server
+        self.socket_transport = transport
         self.scheduled = False
-        self.idle = True
 
     def wake(self) -> None:
         if not self.scheduled and not self.closed:
@@ -227,7 +226,7 @@ class NativeSSEConnection(Connection):
 
     def flush(self) -> None:
         self.scheduled = False
-        transport = self.stream.transport
+        transport = self.socket_transport
         if self.closed or transport.is_closing():
             return
         while transport.get_write_buffer_size() < HIGH_WATER:
@@ -235,13 +234,29 @@ class NativeSSEConnection(Connection):
             if not batch:
                 self.outbox.armed = True
                 return
-            transport.write(batch)
-            self.idle = False
+            self.write(batch)
         # Paused: the outbox keeps the backlog; resume_writing flushes again.
+
+    def write(self, batch: bytes) -> None:
+        raise NotImplementedError
+
+
+# -- SSE ------------------------------------------------------------------------
+class NativeSSEConnection(_NativeConnection):
+    transport = "native-sse"
+
+    def __init__(self, hub: "Hub", principal, stream: "_SSEStream") -> None:
+        super().__init__(hub, wire.SSE, principal, stream.server, stream.transport)
+        self.stream = stream
+        self.idle = True
+
+    def write(self, batch: bytes) -> None:
+        self.socket_transport.write(batch)  # close-delimited body: the bytes as queued
+        self.idle = False
 
     def write_raw(self, data: bytes) -> None:
         if not self.closed:
-            self.stream.transport.write(data)
+            self.socket_transport.write(data)
 
     def close(self, code: int, reason: str = "") -> None:
         if self.closed:
@@ -250,7 +265,7 @@ class NativeSSEConnection(Connection):
         self.close_code = code
         self.hub.detach(self)
         self.stream.server.sse_connections.discard(self)
-        self.stream.transport.close()
+        self.socket_transport.close()
 
 
 class _SSEStream(asyncio.Protocol):
@@ -314,40 +329,24 @@ def text_frame_header(length: int) -> bytes:
     return b"\x81\x7f" + length.to_bytes(8, "big")
 
 
-class NativeWSConnection(Connection):
+class NativeWSConnection(_NativeConnection):
     transport = "native-ws"
 
     def __init__(self, hub: "Hub", ws, server: NativeServer) -> None:
-        super().__init__(hub, wire.WS, ANONYMOUS)
+        super().__init__(hub, wire.WS, ANONYMOUS, server, ws.underlying_transport)
         self.ws = ws
-        self.server = server
-        self.scheduled = False
 
-    def wake(self) -> None:
-        if not self.scheduled and not self.closed:
-            self.scheduled = True
-            self.server.schedule(self)
-
-    def flush(self) -> None:
-        self.scheduled = False
-        if self.closed:
-            return
+    def write(self, batch: bytes) -> None:
         # Data frames are framed here and written to the socket's transport
-        # directly: the shared frame bytes go out uncopied, and this avoids
+        # directly: the shared frame bytes go out as they are, and this avoids
         # picows' send() for payloads over 8 KiB, whose header is a view of a
         # reused buffer that a paused transport keeps and the next send
         # overwrites (corrupt frames under backpressure, seen in picows 2.3.1).
-        transport = self.ws.underlying_transport
-        while transport.get_write_buffer_size() < HIGH_WATER:
-            batch = self.next_batch()
-            if not batch:
-                self.outbox.armed = True
-                return
-            size = len(batch)
-            if size < COPY_BELOW:
-                transport.write(text_frame_header(size) + batch)
-            else:
-                transport.writelines((text_frame_header(size), batch))
+        size = len(batch)
+        if size < COPY_BELOW:
+            self.socket_transport.write(text_frame_header(size) + batch)
+        else:
+            self.socket_transport.writelines((text_frame_header(size), batch))
 
     def close(self, code: int, reason: str = "") -> None:
         if self.closed:
@@ -355,7 +354,7 @@ class NativeWSConnection(Connection):
         # Owed control frames (the error explaining the close) go first.
         if self.control:
             owed = b"\n".join(self.control)
-            self.ws.underlying_transport.writelines((text_frame_header(len(owed)), owed))
+            self.write(owed)
             self.control = []
         self.closed = True
         self.close_code = code
