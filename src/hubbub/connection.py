@@ -52,6 +52,7 @@ class Connection:
         self.control: list[bytes] = []
         self.closed = False
         self.close_code: int | None = None
+        self.close_reason = ""
         self.opened_at = time.monotonic()
 
     # -- called by the hub -------------------------------------------------

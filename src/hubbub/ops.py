@@ -197,6 +197,11 @@ class WSSession:
     def op_auth(self, msg: dict, request_id: Any) -> None:
         raise HubError(400, "already authenticated")
 
+    def op_presence(self, msg: dict, request_id: Any) -> None:
+        # A contract op whose feature (presence tracking) is not built yet:
+        # say so plainly rather than "unknown op".
+        raise HubError(404, "presence is not available on this hub yet")
+
 
 _OPS = {
     "subscribe": WSSession.op_subscribe,
@@ -205,4 +210,5 @@ _OPS = {
     "ping": WSSession.op_ping,
     "pong": WSSession.op_pong,
     "auth": WSSession.op_auth,
+    "presence": WSSession.op_presence,
 }

@@ -43,6 +43,8 @@ class ASGIConnection(Connection):
         self._waiter: asyncio.Future | None = None
         self.peer_gone = False
         self.receiving: asyncio.Future | None = None  # the WS reader's pending receive()
+        self.last_seen = time.monotonic()  # when the client last sent a frame (WS liveness)
+        self.answers_pings = False  # it answered a hub ping once: silence now means dead
 
     def wake(self) -> None:
         waiter = self._waiter
@@ -313,7 +315,6 @@ class HubApp:
 
     async def _ws_write_loop(self, conn: ASGIConnection, send) -> None:
         heartbeat = self.hub.config.heartbeat
-        conn.last_seen = time.monotonic()
         pings_sent_at = None
         while not conn.peer_gone:
             if conn.closed:
@@ -326,7 +327,7 @@ class HubApp:
                     conn.receiving.cancel()
                     await asyncio.wait([conn.receiving])
                 await send({"type": "websocket.close", "code": conn.close_code or 1000,
-                            "reason": getattr(conn, "close_reason", "")[:120]})
+                            "reason": conn.close_reason[:120]})
                 return
             batch = conn.next_batch()
             if batch:
@@ -337,8 +338,7 @@ class HubApp:
             now = time.monotonic()
             if pings_sent_at is not None and conn.last_seen > pings_sent_at:
                 conn.answers_pings = True
-            if getattr(conn, "answers_pings", False) and \
-                    now - conn.last_seen > heartbeat * MISSED_PINGS_BEFORE_CLOSE:
+            if conn.answers_pings and now - conn.last_seen > heartbeat * MISSED_PINGS_BEFORE_CLOSE:
                 conn.close(CLOSE_SHUTDOWN, "no answer to pings")
                 continue
             pings_sent_at = now
@@ -372,12 +372,15 @@ def _logging_send(scope: dict, path: str, send):
     query = scope.get("query_string", b"").decode("latin-1")
     method = scope.get("method", "WS")
 
+    handshake_logged = False
+
     async def logged(message: dict) -> None:
+        nonlocal handshake_logged
         kind = message["type"]
         if kind == "http.response.start":
             log_access(client, method, path, query, message["status"], "asgi")
-        elif kind in ("websocket.accept", "websocket.close") and not getattr(logged, "done", False):
-            logged.done = True
+        elif kind in ("websocket.accept", "websocket.close") and not handshake_logged:
+            handshake_logged = True
             log_access(client, "WS", path, query, 101 if kind == "websocket.accept" else 403, "asgi")
         await send(message)
     return logged
