@@ -158,3 +158,15 @@ async def test_a_resume_point_without_history_is_answered_with_reset(hub, port_k
 def test_unknown_paths_and_methods(hub, port_kind):
     assert httpx.get(hub.url(port_kind, "/nope")).status_code == 404
     assert httpx.post(hub.url(port_kind, "/sse")).status_code == 405
+
+
+def test_fast_port_drops_a_client_that_never_finishes_its_request_head(hub):
+    """A slowloris holding a socket with half a request head is cut after 10 s."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", hub.fast_port), timeout=20) as s:
+        s.sendall(b"GET /sse?topic=slow HTTP/1.1\r\nHost: x\r\n")  # no blank line, ever
+        try:
+            assert s.recv(1024) == b""
+        except ConnectionResetError:
+            pass
+    assert 9 < time.monotonic() - started < 15

@@ -43,6 +43,7 @@ picows_log.setLevel(logging.WARNING)  # picows logs every accepted connection at
 picows_logger = logging.LoggerAdapter(picows_log, {})
 
 MAX_HEAD_BYTES = 16 << 10
+HEAD_TIMEOUT = 10.0  # seconds to send a complete request head
 MAX_HEADERS = 100
 # picows' read buffer starts at this size and grows when a frame needs it:
 # clients mostly listen, so small keeps idle connections cheap (16 KiB was
@@ -135,41 +136,44 @@ class _Sniffer(asyncio.Protocol):
         self.server = server
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
+        self.head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        # A client that never finishes its request head must not hold a socket.
+        self.head_timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, transport.abort)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         end = self.buffer.find(b"\r\n\r\n")
         if end < 0:
             if len(self.buffer) > MAX_HEAD_BYTES:
-                self._reply(431, error_body(431, "request head too large"))
+                self._reply(431, "request head too large")
             return
+        self.head_timer.cancel()
         try:
             method, target, headers = _parse_head(bytes(self.buffer[:end]))
         except ValueError as error:
-            self._reply(400, error_body(400, f"malformed request: {error}"))
+            self._reply(400, f"malformed request: {error}")
             return
         url = urlsplit(target)
+        client = (self.transport.get_extra_info("peername") or ("-",))[0]
         if self.server.hub.config.access_log:
-            log_access(self.transport.get_extra_info("peername", ("-",))[0], method, url.path,
-                       url.query, "-", "native")
+            log_access(client, method, url.path, url.query, "-", "native")
         request = Request(path=url.path, headers=headers,
-                          query=parse_qs(url.query, keep_blank_values=True),
-                          client=(self.transport.get_extra_info("peername") or ("?",))[0])
+                          query=parse_qs(url.query, keep_blank_values=True), client=client)
         if url.path == "/ws" and headers.get("upgrade", "").lower() == "websocket":
             self._to_websocket(request)
         elif url.path == "/sse" and method == "GET":
             stream = _SSEStream(self.server, request, self.transport)
             self.transport.set_protocol(stream)
             stream.start()
-        elif url.path in ("/ws", "/sse"):
-            self._reply(405 if url.path == "/sse" else 400,
-                        error_body(405 if url.path == "/sse" else 400,
-                                   "use GET for /sse" if url.path == "/sse" else "/ws needs a WebSocket upgrade"))
+        elif url.path == "/sse":
+            self._reply(405, "use GET for /sse")
+        elif url.path == "/ws":
+            self._reply(400, "/ws needs a WebSocket upgrade")
         else:
-            self._reply(404, error_body(404, f"no such endpoint {url.path} on the fast port"))
+            self._reply(404, f"no such endpoint {url.path} on the fast port")
 
     def _to_websocket(self, request: Request) -> None:
         server = self.server
@@ -185,12 +189,13 @@ class _Sniffer(asyncio.Protocol):
             protocol.buffer_updated(n)
             data = data[n:]
 
-    def _reply(self, status: int, payload: object) -> None:
-        self.transport.write(http_response(status, payload))
+    def _reply(self, status: int, reason: str) -> None:
+        self.transport.write(http_response(status, error_body(status, reason)))
         self.transport.close()
 
     def connection_lost(self, exc) -> None:
-        pass
+        if self.head_timer is not None:
+            self.head_timer.cancel()
 
 
 def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
