@@ -84,11 +84,8 @@ class History:
             self._expire(topic, log, now)
 
     def _expire(self, topic: str, log: _TopicLog, now: float) -> None:
-        entries = log.entries
-        while entries and entries[0].expires <= now:
-            log.evicted_upto = entries.popleft().seq
-            self.kept -= 1
-        if not entries:
+        self._expire_in_place(log, now)
+        if not log.entries:
             self.forgotten_upto = max(self.forgotten_upto, log.evicted_upto)
             del self._logs[topic]
             self._tree_remove(topic)
