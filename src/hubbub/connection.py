@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import secrets
-import time
 from typing import TYPE_CHECKING
 
 from ._core import Outbox
@@ -37,8 +36,6 @@ CLOSE_POLICY = 1008
 
 
 class Connection:
-    transport = "?"
-
     def __init__(self, hub: "Hub", fmt: int, principal: Principal) -> None:
         config = hub.config
         self.hub = hub
@@ -53,7 +50,6 @@ class Connection:
         self.closed = False
         self.close_code: int | None = None
         self.close_reason = ""
-        self.opened_at = time.monotonic()
 
     # -- called by the hub -------------------------------------------------
     def send_control(self, *frames: bytes) -> None:
@@ -69,7 +65,24 @@ class Connection:
 
     def close(self, code: int, reason: str = "") -> None:
         """End the connection (idempotent); the hub forgets it at once."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        self.close_reason = reason
+        self.hub.detach(self)
+        self.closing()
+
+    def closing(self) -> None:
+        """The transport's part of ``close``: end the socket or stream."""
         raise NotImplementedError
+
+    def take_owed(self) -> bytes:
+        """The control frames still owed (the error that explains a close),
+        joined for one write; the backlog of messages is not owed."""
+        owed = SEPARATORS[self.fmt].join(self.control)
+        self.control = []
+        return owed
 
     # -- called by the transport's writer ------------------------------------
     def next_batch(self) -> bytes:

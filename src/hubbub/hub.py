@@ -296,11 +296,7 @@ class Hub:
         if not pub.ephemeral:
             self._event_seq += 1
             event_id = f"{self.epoch}-{self._event_seq}"
-        ts = int(time.time() * 1000)
-        envelope = (b'{"topic":' + orjson.dumps(pub.topic)
-                    + (b',"id":"' + event_id.encode() + b'"' if event_id else b',"id":null')
-                    + b',"event":"' + pub.event.encode() + b'","data":' + pub.data_json
-                    + b',"ts":' + str(ts).encode() + b"}")
+        envelope = wire.envelope(pub.topic, event_id, pub.event, pub.data_json, int(time.time() * 1000))
         self.published += 1
         frames = wire.frames(envelope, event_id, pub.event)
         if event_id is not None:

@@ -17,8 +17,15 @@ SEPARATORS = {SSE: b"", WS: b"\n"}  # how a batch of frames is joined into one w
 EVENT_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,64}\Z")
 
 
-def envelope(topic: str, event_id: str | None, event: str, data: Any, ts: int) -> bytes:
-    return orjson.dumps({"topic": topic, "id": event_id, "event": event, "data": data, "ts": ts})
+def envelope(topic: str, event_id: str | None, event: str, data_json: bytes, ts: int) -> bytes:
+    """The delivered envelope around ``data_json`` (encoded once, at validation).
+
+    ``event`` is validated against EVENT_NAME, so it needs no escaping.
+    """
+    return (b'{"topic":' + orjson.dumps(topic)
+            + (b',"id":"' + event_id.encode() + b'"' if event_id else b',"id":null')
+            + b',"event":"' + event.encode() + b'","data":' + data_json
+            + b',"ts":' + str(ts).encode() + b"}")
 
 
 def frames(envelope_json: bytes, event_id: str | None, event: str) -> tuple[bytes, bytes]:

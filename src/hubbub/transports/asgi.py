@@ -22,7 +22,7 @@ from ..errors import HubError
 from ..history import Gap
 from ..ops import WSSession
 from .http import (PUBLISH_MAX_BODY, SSE_HEADERS, PublishEndpoint, error_body, health, open_sse,
-                   open_subscriber)
+                   open_subscriber, resume_point)
 
 if TYPE_CHECKING:
     from ..hub import Hub
@@ -36,8 +36,6 @@ MISSED_PINGS_BEFORE_CLOSE = 2
 
 
 class ASGIConnection(Connection):
-    transport = "asgi"
-
     def __init__(self, hub: "Hub", fmt: int, principal) -> None:
         super().__init__(hub, fmt, principal)
         self._waiter: asyncio.Future | None = None
@@ -51,14 +49,8 @@ class ASGIConnection(Connection):
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
 
-    def close(self, code: int, reason: str = "") -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.close_code = code
-        self.close_reason = reason
-        self.hub.detach(self)
-        self.wake()
+    def closing(self) -> None:
+        self.wake()  # the writer ends the stream or sends the close frame
 
     async def wait(self, timeout: float) -> bool:
         """Sleep until woken (True) or ``timeout`` seconds pass (False)."""
@@ -178,16 +170,18 @@ class HubApp:
             status, payload, headers = self.publish_endpoint(request, body)
             await _json(send, status, payload, headers)
         elif path == "/poll" and method == "GET":
-            watcher = None
             try:
-                conn, status, body = await self._poll_open(request)
-                if conn is not None:
-                    watcher = asyncio.ensure_future(_watch_disconnect(receive, conn))
-                    status, body = await self._poll_wait(conn, request)
+                timeout = _poll_timeout(request)
+                conn = await open_subscriber(self.hub, request, lambda p: ASGIConnection(self.hub, wire.WS, p))
+            except HubError as error:
+                await _json(send, error.code, error_body(error.code, error.reason))
+                return
+            watcher = asyncio.ensure_future(_watch_disconnect(receive, conn))
+            try:
+                body = await self._poll(conn, resume_point(request), timeout)
             finally:
-                if watcher is not None:
-                    watcher.cancel()
-            await _json(send, status, body)
+                watcher.cancel()
+            await _json(send, 200, body)
         elif path == "/healthz" and method in ("GET", "HEAD"):
             status, payload, headers = health(self.hub)
             await _json(send, status, payload, headers)
@@ -226,31 +220,20 @@ class HubApp:
             watcher.cancel()
 
     # -- long-poll ----------------------------------------------------------------
-    async def _poll_open(self, request: Request) -> tuple[ASGIConnection | None, int, Any]:
-        """Authenticate and subscribe a poll; (conn, 0, None) or (None, status, error body)."""
-        try:
-            _poll_timeout(request)
-            conn = await open_subscriber(self.hub, request, lambda p: ASGIConnection(self.hub, wire.WS, p))
-        except HubError as error:
-            return None, error.code, error_body(error.code, error.reason)
-        return conn, 0, None
-
-    async def _poll_wait(self, conn: ASGIConnection, request: Request) -> tuple[int, bytes]:
+    async def _poll(self, conn: ASGIConnection, since: str | None, timeout: float) -> bytes:
         """Answer at once with what is missed since ``since``, else wait for the next publication."""
         hub = self.hub
         start_id = hub.last_event_id  # a resume point for "nothing new yet"
-        since = request.header("last-event-id") or request.first("since")
         try:
             if since:
                 try:
                     replay = hub.replay(conn, list(conn.subscriptions), since)
                 except Gap as gap:
-                    return 200, orjson.dumps({"messages": [], "last_id": start_id, "reset": {
+                    return orjson.dumps({"messages": [], "last_id": start_id, "reset": {
                         "topics": list(conn.subscriptions), "reason": gap.reason}})
                 if replay:
                     envelopes = [wire.envelope_of_ws_frame(kept.frames[wire.WS]) for kept in replay]
-                    return 200, _poll_body(envelopes, replay[-1].event_id)
-            timeout = _poll_timeout(request)
+                    return _poll_body(envelopes, replay[-1].event_id)
             if timeout > 0 and not conn.outbox.count and not conn.closed:
                 await conn.wait(timeout)
             envelopes = []
@@ -263,7 +246,7 @@ class HubApp:
                 if event_id is not None:
                     last_id = event_id
                     break
-            return 200, _poll_body(envelopes, last_id, conn.outbox.take_dropped())
+            return _poll_body(envelopes, last_id, conn.outbox.take_dropped())
         finally:
             conn.close(CLOSE_SHUTDOWN)
 
@@ -321,8 +304,7 @@ class HubApp:
                 # Say what is still owed (acks, the error that explains the
                 # close), not the backlog, then the close frame.
                 if conn.control:
-                    await send({"type": "websocket.send", "text": "\n".join(f.decode() for f in conn.control)})
-                    conn.control = []
+                    await send({"type": "websocket.send", "text": conn.take_owed().decode()})
                 if conn.receiving is not None and not conn.receiving.done():
                     conn.receiving.cancel()
                     await asyncio.wait([conn.receiving])

@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..auth import Unauthorized
 from ..errors import HubError
+from ..history import Gap
+from ..wire import SSE, SSE_PREAMBLE, sse_event
 
 if TYPE_CHECKING:
     from ..auth import Request
@@ -114,8 +117,6 @@ async def open_subscriber(hub: "Hub", request: "Request", make_conn):
     """Admit, authenticate and subscribe the ``topic=`` patterns of an SSE or
     poll request; returns the attached connection. Raises HubError (400, 401,
     403, 429) before anything is attached."""
-    from ..auth import Unauthorized
-
     hub.admit(request.client)
     principal = await hub.auth.principal(request)
     if principal is None:
@@ -136,8 +137,6 @@ async def open_subscriber(hub: "Hub", request: "Request", make_conn):
 
 async def open_sse(hub: "Hub", request: "Request", make_conn) -> tuple[Any, Response | bytes]:
     """Open an SSE stream: (connection, the stream's first bytes) or (None, an error response)."""
-    from ..wire import SSE_PREAMBLE, sse_event
-
     try:
         conn = await open_subscriber(hub, request, make_conn)
     except HubError as error:
@@ -145,10 +144,15 @@ async def open_sse(hub: "Hub", request: "Request", make_conn) -> tuple[Any, Resp
     hello = SSE_PREAMBLE + sse_event("connected", {
         "connection_id": conn.id, "topics": list(conn.subscriptions), "user": conn.principal.user,
     })
-    since = request.header("last-event-id") or request.first("since")
+    since = resume_point(request)
     if since:
         hello += sse_replay(hub, conn, since)
     return conn, hello
+
+
+def resume_point(request: "Request") -> str | None:
+    """The id an SSE or poll client resumes from: Last-Event-ID wins over since=."""
+    return request.header("last-event-id") or request.first("since")
 
 
 def sse_replay(hub: "Hub", conn, since: str) -> bytes:
@@ -156,9 +160,6 @@ def sse_replay(hub: "Hub", conn, since: str) -> bytes:
 
     Runs in the same step as the subscribe: live events queue behind it.
     """
-    from ..history import Gap
-    from ..wire import SSE, sse_event
-
     patterns = list(conn.subscriptions)
     try:
         replay = hub.replay(conn, patterns, since)

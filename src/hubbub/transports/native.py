@@ -28,7 +28,7 @@ from picows.picows import WSProtocol
 from .. import wire
 from ..accesslog import log_access
 from ..auth import ANONYMOUS, Request
-from ..connection import CLOSE_SHUTDOWN, Connection
+from ..connection import CLOSE_SHUTDOWN, CLOSE_TOO_BIG, Connection
 from ..ops import WSSession
 from .http import SSE_HEADERS, error_body, open_sse
 
@@ -248,7 +248,6 @@ class _NativeConnection(Connection):
 
 # -- SSE ------------------------------------------------------------------------
 class NativeSSEConnection(_NativeConnection):
-    transport = "native-sse"
 
     def __init__(self, hub: "Hub", principal, stream: "_SSEStream") -> None:
         super().__init__(hub, wire.SSE, principal, stream.server, stream.transport)
@@ -263,13 +262,8 @@ class NativeSSEConnection(_NativeConnection):
         if not self.closed:
             self.socket_transport.write(data)
 
-    def close(self, code: int, reason: str = "") -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.close_code = code
-        self.hub.detach(self)
-        self.stream.server.sse_connections.discard(self)
+    def closing(self) -> None:
+        self.server.sse_connections.discard(self)
         self.socket_transport.close()
 
 
@@ -335,7 +329,6 @@ def text_frame_header(length: int) -> bytes:
 
 
 class NativeWSConnection(_NativeConnection):
-    transport = "native-ws"
 
     def __init__(self, hub: "Hub", ws, server: NativeServer) -> None:
         super().__init__(hub, wire.WS, ANONYMOUS, server, ws.underlying_transport)
@@ -353,18 +346,10 @@ class NativeWSConnection(_NativeConnection):
         else:
             self.socket_transport.writelines((text_frame_header(size), batch))
 
-    def close(self, code: int, reason: str = "") -> None:
-        if self.closed:
-            return
-        # Owed control frames (the error explaining the close) go first.
-        if self.control:
-            owed = b"\n".join(self.control)
-            self.write(owed)
-            self.control = []
-        self.closed = True
-        self.close_code = code
-        self.hub.detach(self)
-        self.ws.send_close(code, reason.encode()[:120])
+    def closing(self) -> None:
+        if self.control:  # the error explaining the close goes first
+            self.write(self.take_owed())
+        self.ws.send_close(self.close_code, self.close_reason.encode()[:120])
         # Let the peer answer the close (its reply disconnects, see _WSHandler):
         # cutting the socket now could reset it before it reads our close frame.
         asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.ws.disconnect)
@@ -404,7 +389,7 @@ class _WSHandler(WSListener):
             size = sum(map(len, self.fragments))
             if size > self.server.hub.config.max_message_bytes:
                 self.fragments = None
-                self.conn.close(1009, "message over MAX_MESSAGE_BYTES")
+                self.conn.close(CLOSE_TOO_BIG, "message over MAX_MESSAGE_BYTES")
             elif frame.fin:
                 data, self.fragments = b"".join(self.fragments), None
                 session.on_frame(data)
