@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hubbub")
 
 MATCH_CACHE_SIZE = 16384
+MAX_SEQ_DIGITS = 19  # a sequence fits in 63 bits
 
 
 class Publication:
@@ -274,7 +275,11 @@ class Hub:
         if not isinstance(event_id, str):
             raise Gap(HISTORY_GAP)
         epoch, _, seq = event_id.rpartition("-")
-        if epoch != self.epoch or not seq.isdigit() or int(seq) > self._event_seq:
+        # ASCII digits only, and no longer than any sequence this hub can
+        # reach: str.isdigit() also accepts Unicode digits that int() rejects,
+        # and a 5,000-digit number is no id of ours either.
+        if (epoch != self.epoch or not seq or len(seq) > MAX_SEQ_DIGITS or not seq.isascii()
+                or not seq.isdigit() or int(seq) > self._event_seq):
             raise Gap(HISTORY_GAP)
         return int(seq)
 

@@ -8,6 +8,7 @@ on the ASGI port and on the native port. Transports only move frames.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -22,7 +23,10 @@ from .limits import AbuseCounter, TokenBucket
 if TYPE_CHECKING:
     from .hub import Hub
 
+log = logging.getLogger("hubbub")
+
 AUTH_TIMEOUT = 5.0
+CLOSE_INTERNAL = 1011
 CLOSE_TRY_LATER = 1013
 # Refused publishes (over CLIENT_PUBLISH_RATE) tolerated within ABUSE_WINDOW
 # seconds, as a multiple of the burst, before the connection is closed 1008.
@@ -54,7 +58,17 @@ class WSSession:
         self.abuse = AbuseCounter(int(ABUSE_BURSTS * self.publish_bucket.burst), ABUSE_WINDOW)
 
     async def open(self) -> None:
-        """After the transport accepted: authenticate or wait for an auth frame."""
+        """After the transport accepted: authenticate or wait for an auth frame.
+
+        Whatever goes wrong in here, the connection is closed (and so detached):
+        a native transport runs this as a task nobody awaits."""
+        try:
+            await self._open()
+        except Exception:
+            log.exception("opening a WebSocket session failed")
+            self.conn.close(CLOSE_INTERNAL, "internal error")
+
+    async def _open(self) -> None:
         try:
             self.hub.admit(self.request.client)
         except HubError as error:

@@ -153,6 +153,16 @@ async def test_a_resume_point_without_history_is_answered_with_reset(hub, port_k
     assert events[0].event == "connected"
     assert events[1].event == "reset"
     assert json.loads(events[1].data) == {"topics": [p], "reason": "history_gap"}
+    # The reset moves the browser's Last-Event-ID to "now" (SPEC 5): a second
+    # reconnect from it resumes cleanly instead of resetting again.
+    newest = events[1].id
+    assert newest and newest.rpartition("-")[0] == hub.publish({"topic": p, "data": 1})[0].rpartition("-")[0]
+    async with httpx.AsyncClient(timeout=10) as client:
+        async with aconnect_sse(client, "GET", hub.url(port_kind, f"/sse?topic={p}"),
+                                headers={"Last-Event-ID": newest}) as source:
+            events = await read_events(source, 2)
+    assert [e.event for e in events] == ["connected", "message"]
+    assert json.loads(events[1].data)["data"] == 1
 
 
 def test_unknown_paths_and_methods(hub, port_kind):

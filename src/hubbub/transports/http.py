@@ -141,12 +141,16 @@ async def open_sse(hub: "Hub", request: "Request", make_conn) -> tuple[Any, Resp
         conn = await open_subscriber(hub, request, make_conn)
     except HubError as error:
         return None, error_response(error)
-    hello = SSE_PREAMBLE + sse_event("connected", {
-        "connection_id": conn.id, "topics": list(conn.subscriptions), "user": conn.principal.user,
-    })
-    since = resume_point(request)
-    if since:
-        hello += sse_replay(hub, conn, since)
+    try:
+        hello = SSE_PREAMBLE + sse_event("connected", {
+            "connection_id": conn.id, "topics": list(conn.subscriptions), "user": conn.principal.user,
+        })
+        since = resume_point(request)
+        if since:
+            hello += sse_replay(hub, conn, since)
+    except BaseException:
+        hub.detach(conn)  # attached but never streamed: nothing else would release it
+        raise
     return conn, hello
 
 
@@ -164,5 +168,7 @@ def sse_replay(hub: "Hub", conn, since: str) -> bytes:
     try:
         replay = hub.replay(conn, patterns, since)
     except Gap as gap:
-        return sse_event("reset", {"topics": patterns, "reason": gap.reason})
+        # The reset carries the newest id: a browser that reconnects again
+        # resumes from "now" rather than hitting the same reset (SPEC 5).
+        return sse_event("reset", {"topics": patterns, "reason": gap.reason}, hub.last_event_id)
     return b"".join(kept.frames[SSE] for kept in replay)

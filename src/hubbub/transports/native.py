@@ -279,6 +279,17 @@ class _SSEStream(asyncio.Protocol):
         asyncio.ensure_future(self._open())
 
     async def _open(self) -> None:
+        try:
+            await self._open_stream()
+        except Exception:
+            log.exception("opening an SSE stream failed")
+            if self.conn is not None:
+                self.conn.close(CLOSE_SHUTDOWN)
+            if not self.transport.is_closing():
+                self.transport.write(http_response(500, error_body(500, "internal error")))
+                self.transport.close()
+
+    async def _open_stream(self) -> None:
         hub = self.server.hub
         conn, opening = await open_sse(hub, self.request, lambda p: NativeSSEConnection(hub, p, self))
         if self.gone:
