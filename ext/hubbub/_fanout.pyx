@@ -66,9 +66,9 @@ def fanout(tuple subs, object tags, tuple frames, int priority, object key,
         outbox.stamp = seq
         result = outbox.push(<bytes>frames[sub.fmt], priority, key)
         if result == WAKE:
-            woken.append(outbox)
+            woken.append(outbox.owner)
         elif result == OVERFLOW:
-            overflowed.append(outbox)
+            overflowed.append(outbox.owner)
             continue
         delivered += 1
     return delivered

@@ -7,8 +7,9 @@ the matched subscriptions. Per publication (``seq``, unique and increasing):
   ``seq``), however many subscriptions share it;
 - each outbox receives the frame at most once (also stamped with ``seq``),
   even when several of its subscriptions match;
-- outboxes whose writer must be woken are appended to ``woken``, those that
-  overflowed under their policy to ``overflowed``.
+- the owners (writers) of outboxes that must be woken are appended to
+  ``woken``, those of outboxes that overflowed under their policy to
+  ``overflowed``: the hub gets writers back, not outboxes.
 
 ``frames`` is indexed by the subscription's wire format, so one bytes object
 per format is shared by every subscriber of that format.
@@ -65,9 +66,9 @@ def fanout(subs, tags, frames, priority: int, key, seq: int, woken: list, overfl
         outbox.stamp = seq
         result = outbox.push(frames[sub.fmt], priority, key)
         if result == WAKE:
-            woken.append(outbox)
+            woken.append(outbox.owner)
         elif result == OVERFLOW:
-            overflowed.append(outbox)
+            overflowed.append(outbox.owner)
             continue
         delivered += 1
     return delivered

@@ -62,6 +62,7 @@ class Config:
     tls_cert: str = ""
     tls_key: str = ""
     drain_timeout: float = 10.0
+    flush_delay: float = 2.0  # milliseconds a busy hub may hold writes to batch them (SPEC 9)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
@@ -112,6 +113,8 @@ class Config:
                      "connect_rate"):
             value = getattr(self, name)
             check(name, value > 0, f"must be positive, got {value}")
+        check("flush_delay", 0 <= self.flush_delay <= 1000,
+              f"must be between 0 and 1000 milliseconds, got {self.flush_delay}")
         check("slow_consumer", self.slow_consumer in ("drop_oldest", "disconnect"),
               f"must be drop_oldest or disconnect, got {self.slow_consumer!r}")
         check("backplane", self.backplane == "memory" or self.backplane.startswith(("redis://", "rediss://")),

@@ -1,90 +1,137 @@
-"""A client connection as the hub sees it, whatever carries it.
+"""A client connection and its writer, whatever carries it.
 
-The hub pushes publications into ``outbox`` (through ``fanout``) and
-control replies (acks, errors, pongs) into ``control``; the transport's
-writer collects both into one write with ``next_batch`` whenever ``wake``
-tells it there is something to send. Transports subclass this and
-implement ``wake`` and ``close``.
+One ``Connection`` per client is the one writer of that client: it owns the
+outbox (publications, pushed by ``fanout``), the control frames (acks,
+errors, replays), the wake handshake with the outbox (``armed``), the
+batching (everything queued goes out in one write) and the close state
+machine::
+
+    OPEN ──close(code)──► CLOSING ──transport gone──► CLOSED
+      └────────────peer gone (lost)────────────────────┘
+
+The hub forgets the connection (``detach``) exactly once, at the first step
+out of OPEN, so nothing is pushed to a connection that is going away; the
+control frames still owed (the error that explains a close) are written
+before the transport is asked to close.
+
+A transport supplies only what differs between sockets and ASGI streams
+(see ``Transport``). Connections are flushed by the hub's ``Flusher``: one
+callback per loop turn (or per FLUSH_DELAY when the hub is busy) writes every
+woken connection.
 """
 from __future__ import annotations
 
 import itertools
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ._core import Outbox
 from .auth import Principal
-from .wire import SEPARATORS, dropped_notice
+from .wire import POLL, SEPARATORS, dropped_notice
 
 if TYPE_CHECKING:
     from ._core import Subscription
     from .hub import Hub
 
-# A batch is one socket write; bounded so one connection's backlog cannot
-# hold the event loop for long or build a huge frame.
+# A batch is one write; bounded so one connection's backlog cannot hold the
+# event loop for long or build a huge frame.
 BATCH_MAX_MESSAGES = 512
 BATCH_MAX_BYTES = 512 << 10
+# Bytes a transport may hold unsent (kernel buffer, ASGI send queue) before
+# the writer stops feeding it: past this the outbox keeps the backlog, under
+# its own bounds, so a slow client costs only itself.
+HIGH_WATER = 256 << 10
 
 _ids = itertools.count(1)
 
-# Close reasons, mapped to WS close codes by the transports.
-CLOSE_SLOW = 4408
-CLOSE_AUTH = 4401
+# Close codes (WS close codes; SSE and poll simply end).
+CLOSE_NORMAL = 1000
 CLOSE_SHUTDOWN = 1001
-CLOSE_TOO_BIG = 1009
+CLOSE_PROTOCOL = 1002
+CLOSE_BAD_DATA = 1007
 CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_LATER = 1013
+CLOSE_AUTH = 4401
+CLOSE_SLOW = 4408
+
+OPEN, CLOSING, CLOSED = "open", "closing", "closed"
+
+
+class Transport(Protocol):
+    """What a connection needs from whatever carries its bytes."""
+
+    def write(self, data: bytes) -> None:
+        """Send these bytes (one batch of the connection's wire format); never blocks."""
+
+    def buffered(self) -> int:
+        """Bytes written but not yet sent to the peer."""
+
+    def close(self, code: int, reason: str) -> None:
+        """End the stream after what was written (WS: a close frame with ``code``)."""
+
+    def heartbeat(self, idle: bool) -> None:
+        """Called every HEARTBEAT seconds; ``idle``: nothing was written since the last call."""
 
 
 class Connection:
-    def __init__(self, hub: "Hub", fmt: int, principal: Principal) -> None:
+    def __init__(self, hub: "Hub", fmt: int, principal: Principal, transport: Transport) -> None:
         config = hub.config
         self.hub = hub
         self.fmt = fmt
         self.principal = principal
+        self.transport = transport
         self.id = f"{secrets.token_hex(4)}{next(_ids):x}"
         self.outbox = Outbox(config.queue_max_messages, config.queue_max_bytes,
                              config.slow_consumer_policy, SEPARATORS[fmt])
-        self.outbox.owner = self
+        self.outbox.owner = self  # fanout hands back owners to wake, not outboxes
         self.subscriptions: dict[str, Subscription] = {}
         self.control: list[bytes] = []
-        self.closed = False
+        self.state = OPEN
+        self.scheduled = False  # waiting in the flusher's list
+        # Something was written since the last heartbeat round; a new
+        # connection counts as busy, so its first ping waits a whole interval.
+        self.wrote = True
         self.close_code: int | None = None
         self.close_reason = ""
 
-    # -- called by the hub -------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self.state is not OPEN
+
+    # -- queueing ------------------------------------------------------------
     def send_control(self, *frames: bytes) -> None:
         """Queue replies (and replays) ahead of messages; never dropped, never conflated."""
-        if self.closed:
+        if self.state is not OPEN:
             return
         self.control.extend(frames)
         self.wake()
 
     def wake(self) -> None:
-        """There is something to write: have the writer run soon."""
-        raise NotImplementedError
+        """There is something to write: have the flusher write it soon."""
+        if not self.scheduled and self.state is OPEN:
+            self.scheduled = True
+            self.hub.flusher.schedule(self)
 
-    def close(self, code: int, reason: str = "") -> None:
-        """End the connection (idempotent); the hub forgets it at once."""
-        if self.closed:
+    # -- writing -------------------------------------------------------------
+    def flush(self) -> None:
+        """Write batches while the transport takes them; re-arm the outbox once empty."""
+        self.scheduled = False
+        if self.state is not OPEN:
             return
-        self.closed = True
-        self.close_code = code
-        self.close_reason = reason
-        self.hub.detach(self)
-        self.closing()
+        transport = self.transport
+        while transport.buffered() < HIGH_WATER:
+            batch = self.next_batch()
+            if not batch:
+                self.outbox.armed = True  # the next push wakes us again
+                return
+            transport.write(batch)
+            self.wrote = True
+            if self.state is not OPEN:  # the write found the peer gone
+                return
+        # Over the high-water mark: the transport wakes us when it drains.
 
-    def closing(self) -> None:
-        """The transport's part of ``close``: end the socket or stream."""
-        raise NotImplementedError
-
-    def take_owed(self) -> bytes:
-        """The control frames still owed (the error that explains a close),
-        joined for one write; the backlog of messages is not owed."""
-        owed = SEPARATORS[self.fmt].join(self.control)
-        self.control = []
-        return owed
-
-    # -- called by the transport's writer ------------------------------------
     def next_batch(self) -> bytes:
         """Control replies, a pending ``dropped`` notice, then queued messages."""
         outbox = self.outbox
@@ -93,9 +140,8 @@ class Connection:
         parts = self._take_control()
         if self.control:  # more control (a long replay) to come: messages wait behind it
             return SEPARATORS[self.fmt].join(parts)
-        dropped = outbox.take_dropped()
-        if dropped:
-            parts.append(dropped_notice(self.fmt, dropped))
+        if outbox.dropped and self.fmt != POLL:  # a poll answer reports drops itself
+            parts.append(dropped_notice(self.fmt, outbox.take_dropped()))
         if outbox.count:
             parts.append(outbox.drain(BATCH_MAX_MESSAGES, BATCH_MAX_BYTES))
         return SEPARATORS[self.fmt].join(parts)
@@ -114,3 +160,31 @@ class Connection:
 
     def has_pending(self) -> bool:
         return bool(self.control or self.outbox.count or self.outbox.dropped)
+
+    def heartbeat(self) -> None:
+        if self.state is OPEN:
+            self.transport.heartbeat(not self.wrote)
+            self.wrote = False
+
+    # -- closing -------------------------------------------------------------
+    def close(self, code: int, reason: str = "") -> None:
+        """Close from our side (idempotent): owed control frames, then the transport's close."""
+        if self.state is not OPEN:
+            return
+        self.state = CLOSING
+        self.close_code = code
+        self.close_reason = reason
+        self.hub.detach(self)
+        if self.control:  # the error explaining the close goes first; the backlog is not owed
+            owed = SEPARATORS[self.fmt].join(self.control)
+            self.control = []
+            self.transport.write(owed)
+        self.transport.close(code, reason)
+
+    def lost(self, code: int = CLOSE_SHUTDOWN) -> None:
+        """The transport is gone (peer closed, socket reset, or our close completed)."""
+        if self.state is OPEN:
+            self.close_code = code
+            self.hub.detach(self)
+        self.state = CLOSED
+        self.control = []

@@ -23,6 +23,7 @@ from ._core import Subscription, Trie, fanout
 from .auth import AuthenticateHook, Authenticator, Principal, may_publish, may_subscribe
 from .config import Config
 from .connection import CLOSE_SHUTDOWN, CLOSE_SLOW, Connection
+from .flusher import Flusher
 from .errors import Forbidden, HubError
 from .filters import FilterError, compile_filter, validate_tags
 from .history import HISTORY_GAP, Gap, History, Kept
@@ -76,6 +77,8 @@ class Hub:
         self.history = History(self.config.history_size, self.config.history_ttl)
         self.connect_limiter = PerKeyLimiter(self.config.connect_rate)
         self._expiry: asyncio.Task | None = None
+        self._heartbeat: asyncio.Task | None = None
+        self.flusher = Flusher(self.config.flush_delay / 1000)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Hub":
@@ -88,6 +91,7 @@ class Hub:
             return
         self.started = True
         self._expiry = asyncio.ensure_future(self._expire_history())
+        self._heartbeat = asyncio.ensure_future(self._heartbeats())
         if self.config.dev:
             log.warning("hubbub is in dev mode: anonymous clients may subscribe and publish to"
                         " anything, and the publish API needs no key from loopback")
@@ -103,6 +107,7 @@ class Hub:
 
     async def _drain(self, timeout: float | None) -> None:
         self.draining = True
+        self.flusher.run()  # writes held for coalescing go out before the close frames
         for conn in list(self.connections.values()):
             conn.close(CLOSE_SHUTDOWN, "hub shutting down")
         deadline = time.monotonic() + (self.config.drain_timeout if timeout is None else timeout)
@@ -111,8 +116,10 @@ class Hub:
         for server in self._servers:
             await server.close()
         self._servers.clear()
-        if self._expiry is not None:
-            self._expiry.cancel()
+        for task in (self._expiry, self._heartbeat):
+            if task is not None:
+                task.cancel()
+        self.flusher.cancel()
         self.started = False
 
     async def _expire_history(self) -> None:
@@ -122,6 +129,14 @@ class Hub:
         while True:
             await asyncio.sleep(period)
             self.history.expire()
+
+    async def _heartbeats(self) -> None:
+        # One timer for every connection: each transport pings an idle peer
+        # its own way (SSE comment, app-level WS ping; picows pings itself).
+        while True:
+            await asyncio.sleep(self.config.heartbeat)
+            for conn in list(self.connections.values()):
+                conn.heartbeat()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None):
@@ -207,7 +222,12 @@ class Hub:
         conn.subscriptions[pattern] = sub
 
     def unsubscribe(self, conn: Connection, pattern: Any) -> bool:
-        sub = conn.subscriptions.pop(pattern, None) if isinstance(pattern, str) else None
+        """Drop a subscription; an invalid pattern is a 400 as for ``subscribe``."""
+        try:
+            pattern = validate_pattern(pattern)
+        except TopicError as error:
+            raise HubError(400, str(error)) from None
+        sub = conn.subscriptions.pop(pattern, None)
         if sub is None:
             return False
         self.trie.unsubscribe(pattern, sub)
@@ -314,10 +334,10 @@ class Hub:
             overflowed: list = []
             self.delivered += fanout(subs, pub.tags, frames, pub.priority, pub.key,
                                      self._fanout_seq, woken, overflowed)
-            for outbox in woken:
-                outbox.owner.wake()
-            for outbox in overflowed:
-                outbox.owner.close(CLOSE_SLOW, "slow consumer")
+            for conn in woken:
+                conn.wake()
+            for conn in overflowed:
+                conn.close(CLOSE_SLOW, "slow consumer")
         return event_id
 
     # -- introspection --------------------------------------------------------

@@ -15,7 +15,8 @@ import orjson
 
 from . import wire
 from .auth import Principal, Request
-from .connection import CLOSE_AUTH, CLOSE_POLICY, CLOSE_TOO_BIG, Connection
+from .connection import (CLOSE_AUTH, CLOSE_BAD_DATA, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TOO_BIG,
+                         CLOSE_TRY_LATER, Connection)
 from .errors import HubError
 from .history import Gap
 from .limits import AbuseCounter, TokenBucket
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("hubbub")
 
 AUTH_TIMEOUT = 5.0
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_LATER = 1013
 # Refused publishes (over CLIENT_PUBLISH_RATE) tolerated within ABUSE_WINDOW
 # seconds, as a multiple of the burst, before the connection is closed 1008.
 ABUSE_WINDOW = 10.0
@@ -124,12 +123,14 @@ class WSSession:
         if replay:
             self.conn.send_control(*(kept.frames[wire.WS] for kept in replay))
 
-    def close(self) -> None:
+    def lost(self, code: int) -> None:
+        """The transport is gone: forget the connection (once) and any auth wait."""
         if self._auth_timer is not None:
             self._auth_timer.cancel()
-        self.hub.detach(self.conn)
+        self.conn.lost(code)
 
-    def on_frame(self, data: bytes | str) -> None:
+    def on_frame(self, data: bytes | str, text: bool = False) -> None:
+        """One client message; ``text``: it came in a text frame (so must be UTF-8)."""
         conn = self.conn
         if conn.closed:
             return
@@ -139,7 +140,11 @@ class WSSession:
         try:
             msg = orjson.loads(data)
         except orjson.JSONDecodeError:
-            conn.send_control(wire.ws_error(400, "frame is not valid JSON"))
+            if text and isinstance(data, bytes) and not _is_utf8(data):
+                # RFC 6455 8.1: a text message that is not UTF-8 fails the connection.
+                conn.close(CLOSE_BAD_DATA, "text frame is not valid UTF-8")
+            else:
+                conn.send_control(wire.ws_error(400, "frame is not valid JSON"))
             return
         if not isinstance(msg, dict):
             conn.send_control(wire.ws_error(400, "frame must be a JSON object"))
@@ -184,7 +189,7 @@ class WSSession:
     def op_unsubscribe(self, msg: dict, request_id: Any) -> None:
         if "topic" not in msg:
             raise HubError(400, "unsubscribe needs 'topic'")
-        self.hub.unsubscribe(self.conn, msg["topic"])
+        self.hub.unsubscribe(self.conn, msg["topic"])  # validates it like subscribe
         self.conn.send_control(wire.ws_op("ack", id=request_id))
 
     def op_publish(self, msg: dict, request_id: Any) -> None:
@@ -215,6 +220,14 @@ class WSSession:
         # A contract op whose feature (presence tracking) is not built yet:
         # say so plainly rather than "unknown op".
         raise HubError(404, "presence is not available on this hub yet")
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 _OPS = {

@@ -11,8 +11,12 @@ from typing import Any
 
 import orjson
 
-SSE, WS = 0, 1  # wire format index of a subscription: frames[fmt]
-SEPARATORS = {SSE: b"", WS: b"\n"}  # how a batch of frames is joined into one write
+# Wire format of a connection, and index of its bytes in a publication's frames.
+SSE, WS, POLL = 0, 1, 2
+# How a batch of frames is joined into one write: SSE events follow each
+# other, WS messages are NDJSON lines of one text frame, a poll answer's
+# envelopes are the items of a JSON array.
+SEPARATORS = {SSE: b"", WS: b"\n", POLL: b","}
 
 EVENT_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,64}\Z")
 
@@ -28,20 +32,15 @@ def envelope(topic: str, event_id: str | None, event: str, data_json: bytes, ts:
             + b',"ts":' + str(ts).encode() + b"}")
 
 
-def frames(envelope_json: bytes, event_id: str | None, event: str) -> tuple[bytes, bytes]:
-    """The (SSE, WS) frames of one publication, sharing its envelope bytes."""
+def frames(envelope_json: bytes, event_id: str | None, event: str) -> tuple[bytes, bytes, bytes]:
+    """The (SSE, WS, POLL) frames of one publication, sharing its envelope bytes."""
     head = b"id: " + event_id.encode() + b"\nevent: " if event_id else b"event: "
     sse = head + event.encode() + b"\ndata: " + envelope_json + b"\n\n"
     ws = WS_MESSAGE_PREFIX + envelope_json[1:]
-    return sse, ws
+    return sse, ws, envelope_json
 
 
 WS_MESSAGE_PREFIX = b'{"op":"message",'
-
-
-def envelope_of_ws_frame(frame: bytes) -> bytes:
-    """The envelope JSON inside a WS ``message`` frame (for long-poll answers)."""
-    return b"{" + frame[len(WS_MESSAGE_PREFIX):]
 
 
 def sse_event(event: str, data: Any, event_id: str | None = None) -> bytes:

@@ -116,6 +116,8 @@ def test_fanout_twins_agree(case):
     worlds = []
     for core in (NATIVE, PURE):
         boxes = [core.Outbox(m, b, p, b"|") for m, b, p in limits]
+        for box in boxes:
+            box.owner = box  # fanout hands back owners; here each outbox owns itself
         filters = [None if spec is None else core.TagFilter(spec) for spec in filter_specs]
         subs = tuple(core.Subscription(boxes[i], fmt, "t", filters[f]) for i, fmt, f in sub_specs)
         worlds.append((core, boxes, subs))

@@ -169,6 +169,13 @@ def socketio_app():
 PLAIN = {"hubbub-native": hubbub_native, "naive-picows": naive_picows,
          "websockets-broadcast": websockets_broadcast}
 
+async def serve(name: str, port: int) -> None:
+    """Publish, then keep serving until killed: writes still queued when the
+    publisher returns (a hub may hold them up to FLUSH_DELAY) must go out."""
+    await PLAIN[name](port)
+    await asyncio.Event().wait()
+
+
 if __name__ == "__main__":
     name, port = sys.argv[1], int(sys.argv[2])
-    uvloop.run(PLAIN[name](port))
+    uvloop.run(serve(name, port))

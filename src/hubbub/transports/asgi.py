@@ -7,8 +7,10 @@ the app, so liveness is app-level (``{"op":"ping"}`` from the hub).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -17,7 +19,7 @@ import orjson
 from .. import wire
 from ..accesslog import log_access
 from ..auth import ANONYMOUS, Request
-from ..connection import CLOSE_SHUTDOWN, Connection
+from ..connection import CLOSE_INTERNAL, CLOSE_SHUTDOWN, HIGH_WATER, Connection
 from ..errors import HubError
 from ..history import Gap
 from ..ops import WSSession
@@ -35,59 +37,184 @@ log = logging.getLogger("hubbub.asgi")
 MISSED_PINGS_BEFORE_CLOSE = 2
 
 
-class ASGIConnection(Connection):
-    def __init__(self, hub: "Hub", fmt: int, principal) -> None:
-        super().__init__(hub, fmt, principal)
-        self._waiter: asyncio.Future | None = None
-        self.peer_gone = False
-        self.receiving: asyncio.Future | None = None  # the WS reader's pending receive()
-        self.last_seen = time.monotonic()  # when the client last sent a frame (WS liveness)
+class ASGISender:
+    """The transport of an ASGI stream: ``write`` queues, one task awaits ``send``.
+
+    ``buffered`` counts what is queued or being sent, so the connection's
+    writer stops at the same high-water mark as on a socket and a slow
+    client's backlog stays in its bounded outbox, not here.
+    """
+
+    separator = b""
+
+    def __init__(self, send) -> None:
+        self.send = send
+        self.conn: Connection | None = None
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.closing: tuple[int, str] | None = None
+        self.gone = False  # the peer disconnected: nothing more is sent
+        self._wakeup: asyncio.Future | None = None
+
+    def write(self, data: bytes) -> None:
+        if not self.gone:
+            self.queue.append(data)
+            self.queued += len(data)
+            self._wake()
+
+    def buffered(self) -> int:
+        return self.queued
+
+    def close(self, code: int, reason: str) -> None:
+        self.closing = (code, reason)
+        self._wake()
+
+    def heartbeat(self, idle: bool) -> None:
+        pass
+
+    def peer_gone(self) -> None:
+        self.gone = True
+        self._wake()
+        if self.conn is not None:
+            self.conn.lost()
+
+    def _wake(self) -> None:
+        waiter = self._wakeup
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def run(self) -> None:
+        """Send what is written, in order, until closed or the peer is gone."""
+        loop = asyncio.get_running_loop()
+        while not self.gone:
+            if self.queue:
+                if len(self.queue) == 1:
+                    data = self.queue.popleft()
+                else:  # several batches since the last send: one message
+                    data = self.separator.join(self.queue)
+                    self.queue.clear()
+                await self.send_data(data)
+                self.queued -= len(data)
+                conn = self.conn
+                if conn is not None and conn.has_pending():
+                    conn.wake()  # it may have stopped at the high-water mark
+                continue
+            if self.closing is not None:
+                await self.send_close(*self.closing)
+                return
+            self._wakeup = loop.create_future()
+            await self._wakeup
+            self._wakeup = None
+
+    async def send_data(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def send_close(self, code: int, reason: str) -> None:
+        raise NotImplementedError
+
+
+class ASGISSE(ASGISender):
+    async def send_data(self, data: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def send_close(self, code: int, reason: str) -> None:
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def heartbeat(self, idle: bool) -> None:
+        if idle:
+            self.write(wire.SSE_PING)
+
+
+class ASGIWebSocket(ASGISender):
+    separator = b"\n"
+
+    def __init__(self, send, heartbeat: float, text_of: "_TextCache") -> None:
+        super().__init__(send)
+        self.interval = heartbeat
+        self.text_of = text_of
+        self.receiving: asyncio.Future | None = None  # the reader's pending receive()
+        self.last_seen = time.monotonic()  # when the client last sent a frame
+        self.pinged_at: float | None = None
         self.answers_pings = False  # it answered a hub ping once: silence now means dead
 
-    def wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(True)
+    async def send_data(self, data: bytes) -> None:
+        # ASGI wants str for a text frame; one-message batches are the bytes
+        # every subscriber shares, decoded once for all of them.
+        await self.send({"type": "websocket.send", "text": self.text_of(data)})
 
-    def closing(self) -> None:
-        self.wake()  # the writer ends the stream or sends the close frame
+    async def send_close(self, code: int, reason: str) -> None:
+        # Granian sends no close frame while a receive() is pending (seen
+        # with granian 2.8.7): the reader's receive is cancelled first.
+        if self.receiving is not None and not self.receiving.done():
+            self.receiving.cancel()
+            await asyncio.wait([self.receiving])
+        await self.send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
-    async def wait(self, timeout: float) -> bool:
-        """Sleep until woken (True) or ``timeout`` seconds pass (False)."""
-        if self.closed or self.has_pending():
-            return True
-        self.outbox.armed = True
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout, _expire, waiter)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
-            self.outbox.armed = False
+    def heartbeat(self, idle: bool) -> None:
+        # Granian hides protocol pings from the app: liveness is app-level.
+        now = time.monotonic()
+        if self.pinged_at is not None and self.last_seen > self.pinged_at:
+            self.answers_pings = True
+        if self.answers_pings and now - self.last_seen > self.interval * MISSED_PINGS_BEFORE_CLOSE:
+            self.conn.close(CLOSE_SHUTDOWN, "no answer to pings")
+            return
+        if idle:
+            self.pinged_at = now
+            self.write(wire.WS_PING)
 
 
-def _expire(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
+class PollAnswer:
+    """The transport of a long-poll request: the first batch written is the answer."""
+
+    def __init__(self) -> None:
+        self.body: bytes | None = None
+        self.done = asyncio.get_running_loop().create_future()
+
+    def peer_gone(self) -> None:
+        self._finish()  # nobody to answer: stop waiting
+
+    def write(self, data: bytes) -> None:
+        self.body = data if self.body is None else self.body + b"," + data
+        self._finish()
+
+    def buffered(self) -> int:
+        # One batch answers the poll: after it the writer holds the rest back.
+        return 0 if self.body is None else HIGH_WATER
+
+    def close(self, code: int, reason: str) -> None:
+        self._finish()
+
+    def heartbeat(self, idle: bool) -> None:
+        pass
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 class _TextCache:
-    """ASGI wants ``str`` for text frames. A single-message batch is the very
-    bytes object every subscriber shares, so decode it once for all of them."""
+    """Decoded text of recently sent one-message batches, bounded by bytes.
 
-    def __init__(self, size: int = 1024) -> None:
-        self.size = size
+    The bound matters: batches are unique and up to BATCH_MAX_BYTES each, and
+    a count bound alone let slow readers pin hundreds of MiB here.
+    """
+
+    def __init__(self, max_bytes: int = 1 << 20, max_item: int = 16 << 10) -> None:
+        self.max_bytes = max_bytes
+        self.max_item = max_item
+        self.size = 0
         self.texts: dict[bytes, str] = {}
 
     def __call__(self, batch: bytes) -> str:
         text = self.texts.get(batch)
-        if text is None:
-            text = batch.decode()
-            if len(self.texts) >= self.size:
-                del self.texts[next(iter(self.texts))]
+        if text is not None:
+            return text
+        text = batch.decode()
+        if len(batch) <= self.max_item:
+            while self.size + len(batch) > self.max_bytes:
+                self.size -= len(self.texts.pop(next(iter(self.texts))))
             self.texts[batch] = text
+            self.size += len(batch)
         return text
 
 
@@ -170,18 +297,8 @@ class HubApp:
             status, payload, headers = self.publish_endpoint(request, body)
             await _json(send, status, payload, headers)
         elif path == "/poll" and method == "GET":
-            try:
-                timeout = _poll_timeout(request)
-                conn = await open_subscriber(self.hub, request, lambda p: ASGIConnection(self.hub, wire.WS, p))
-            except HubError as error:
-                await _json(send, error.code, error_body(error.code, error.reason))
-                return
-            watcher = asyncio.ensure_future(_watch_disconnect(receive, conn))
-            try:
-                body = await self._poll(conn, resume_point(request), timeout)
-            finally:
-                watcher.cancel()
-            await _json(send, 200, body)
+            status, payload = await self._poll(receive, request)
+            await _json(send, status, payload)
         elif path == "/healthz" and method in ("GET", "HEAD"):
             status, payload, headers = health(self.hub)
             await _json(send, status, payload, headers)
@@ -192,63 +309,59 @@ class HubApp:
 
     async def _sse(self, receive, send, request: Request) -> None:
         hub = self.hub
-        conn, opening = await open_sse(hub, request, lambda p: ASGIConnection(hub, wire.SSE, p))
+        stream = ASGISSE(send)
+        conn, opening = await open_sse(hub, request, lambda p: Connection(hub, wire.SSE, p, stream))
         if conn is None:
             status, payload, headers = opening
             await _json(send, status, payload, headers)
             return
-        watcher = asyncio.ensure_future(_watch_disconnect(receive, conn))
+        stream.conn = conn
+        stream.write(opening)
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, stream))
         try:
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(k.encode(), v.encode()) for k, v in SSE_HEADERS]})
-            await send({"type": "http.response.body", "body": opening, "more_body": True})
-            heartbeat = hub.config.heartbeat
-            while True:
-                batch = conn.next_batch() if not conn.peer_gone else b""
-                if batch:
-                    await send({"type": "http.response.body", "body": batch, "more_body": True})
-                elif conn.closed:
-                    break
-                elif not await conn.wait(heartbeat):
-                    await send({"type": "http.response.body", "body": wire.SSE_PING, "more_body": True})
-            if not conn.peer_gone:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await stream.run()
         except OSError:
             pass  # the client went away mid-write (servers that do raise)
         finally:
-            conn.close(CLOSE_SHUTDOWN)
             watcher.cancel()
+            conn.lost()
 
     # -- long-poll ----------------------------------------------------------------
-    async def _poll(self, conn: ASGIConnection, since: str | None, timeout: float) -> bytes:
-        """Answer at once with what is missed since ``since``, else wait for the next publication."""
+    async def _poll(self, receive, request: Request) -> tuple[int, Any]:
+        """Answer at once with what was missed since ``since``, else wait for the next publication."""
         hub = self.hub
+        try:
+            timeout = _poll_timeout(request)
+            answer = PollAnswer()
+            conn = await open_subscriber(hub, request, lambda p: Connection(hub, wire.POLL, p, answer))
+        except HubError as error:
+            return error.code, error_body(error.code, error.reason)
+        since = resume_point(request)
         start_id = hub.last_event_id  # a resume point for "nothing new yet"
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, answer))
         try:
             if since:
                 try:
                     replay = hub.replay(conn, list(conn.subscriptions), since)
                 except Gap as gap:
-                    return orjson.dumps({"messages": [], "last_id": start_id, "reset": {
+                    return 200, orjson.dumps({"messages": [], "last_id": start_id, "reset": {
                         "topics": list(conn.subscriptions), "reason": gap.reason}})
                 if replay:
-                    envelopes = [wire.envelope_of_ws_frame(kept.frames[wire.WS]) for kept in replay]
-                    return _poll_body(envelopes, replay[-1].event_id)
-            if timeout > 0 and not conn.outbox.count and not conn.closed:
-                await conn.wait(timeout)
-            envelopes = []
-            if conn.outbox.count:
-                batch = conn.outbox.drain()
-                envelopes = [wire.envelope_of_ws_frame(frame) for frame in batch.split(b"\n")]
-            last_id = since or start_id
-            for envelope in reversed(envelopes):
-                event_id = orjson.loads(envelope).get("id")
-                if event_id is not None:
-                    last_id = event_id
-                    break
-            return _poll_body(envelopes, last_id, conn.outbox.take_dropped())
+                    body = b",".join(kept.frames[wire.POLL] for kept in replay)
+                    return 200, _poll_body(body, replay[-1].event_id)
+            if timeout > 0 and not conn.has_pending():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await answer.done
+            conn.flush()  # whatever is queued now, flusher round or not
+            body = answer.body or b""
+            return 200, _poll_body(body, _last_id(body) or since or start_id, conn.outbox.take_dropped())
         finally:
+            watcher.cancel()
             conn.close(CLOSE_SHUTDOWN)
+            conn.lost()
 
     # -- WebSocket --------------------------------------------------------------
     async def _websocket(self, scope: dict, receive, send, request: Request) -> None:
@@ -260,71 +373,50 @@ class HubApp:
             await send({"type": "websocket.close", "code": CLOSE_SHUTDOWN})
             return
         await send({"type": "websocket.accept"})
-        conn = ASGIConnection(hub, wire.WS, ANONYMOUS)
+        ws = ASGIWebSocket(send, hub.config.heartbeat, self.text_of)
+        conn = ws.conn = Connection(hub, wire.WS, ANONYMOUS, ws)
         session = WSSession(hub, conn, request)
-        writer = asyncio.ensure_future(self._ws_writer(conn, send))
+        sender = asyncio.ensure_future(_run_sender(ws))
         try:
             await session.open()
             while not conn.closed:
-                # receive() runs as its own task so the writer can cancel it:
-                # Granian does not send a close frame while a receive() is
-                # pending (seen with granian 2.8.7).
-                conn.receiving = asyncio.ensure_future(receive())
+                ws.receiving = asyncio.ensure_future(receive())
                 try:
-                    message = await conn.receiving
+                    message = await ws.receiving
                 except asyncio.CancelledError:
-                    if conn.receiving.cancelled() and conn.closed:
-                        break
+                    if ws.receiving.cancelled() and conn.closed:
+                        break  # our close: the sender cancelled the read to send its frame
                     raise
                 kind = message["type"]
                 if kind == "websocket.receive":
-                    conn.last_seen = time.monotonic()
+                    ws.last_seen = time.monotonic()
                     data = message.get("text")
                     session.on_frame(data if data is not None else message.get("bytes") or b"")
                 elif kind == "websocket.disconnect":
-                    conn.peer_gone = True
-                    conn.close(message.get("code", 1000))
+                    ws.peer_gone()
         finally:
-            session.close()
-            conn.close(CLOSE_SHUTDOWN)
-            await writer
+            conn.close(CLOSE_SHUTDOWN)  # no-op unless still open (cancelled)
+            await sender
+            session.lost(CLOSE_SHUTDOWN)
 
-    async def _ws_writer(self, conn: ASGIConnection, send) -> None:
-        try:
-            await self._ws_write_loop(conn, send)
-        except Exception:
-            log.exception("websocket writer failed")
-            conn.close(1011, "internal error")
 
-    async def _ws_write_loop(self, conn: ASGIConnection, send) -> None:
-        heartbeat = self.hub.config.heartbeat
-        pings_sent_at = None
-        while not conn.peer_gone:
-            if conn.closed:
-                # Say what is still owed (acks, the error that explains the
-                # close), not the backlog, then the close frame.
-                if conn.control:
-                    await send({"type": "websocket.send", "text": conn.take_owed().decode()})
-                if conn.receiving is not None and not conn.receiving.done():
-                    conn.receiving.cancel()
-                    await asyncio.wait([conn.receiving])
-                await send({"type": "websocket.close", "code": conn.close_code or 1000,
-                            "reason": conn.close_reason[:120]})
-                return
-            batch = conn.next_batch()
-            if batch:
-                await send({"type": "websocket.send", "text": self.text_of(batch)})
-                continue
-            if await conn.wait(heartbeat):
-                continue
-            now = time.monotonic()
-            if pings_sent_at is not None and conn.last_seen > pings_sent_at:
-                conn.answers_pings = True
-            if conn.answers_pings and now - conn.last_seen > heartbeat * MISSED_PINGS_BEFORE_CLOSE:
-                conn.close(CLOSE_SHUTDOWN, "no answer to pings")
-                continue
-            pings_sent_at = now
-            await send({"type": "websocket.send", "text": wire.WS_PING.decode()})
+async def _run_sender(sender: ASGISender) -> None:
+    try:
+        await sender.run()
+    except Exception:
+        log.exception("ASGI sender failed")
+        if sender.conn is not None:
+            sender.conn.lost(CLOSE_INTERNAL)
+
+
+def _last_id(body: bytes) -> str | None:
+    """The id of the newest kept publication in a poll answer's envelopes."""
+    if not body:
+        return None
+    for envelope in reversed(orjson.loads(b"[" + body + b"]")):
+        if envelope.get("id") is not None:
+            return envelope["id"]
+    return None
 
 
 POLL_MAX_TIMEOUT = 60.0
@@ -343,9 +435,9 @@ def _poll_timeout(request: Request) -> float:
     return value
 
 
-def _poll_body(envelopes: list[bytes], last_id: str | None, dropped: int = 0) -> bytes:
+def _poll_body(envelopes: bytes, last_id: str | None, dropped: int = 0) -> bytes:
     tail = b',"dropped":%d}' % dropped if dropped else b"}"
-    return b'{"messages":[' + b",".join(envelopes) + b'],"last_id":' + orjson.dumps(last_id) + tail
+    return b'{"messages":[' + envelopes + b'],"last_id":' + orjson.dumps(last_id) + tail
 
 
 def _logging_send(scope: dict, path: str, send):
@@ -368,12 +460,11 @@ def _logging_send(scope: dict, path: str, send):
     return logged
 
 
-async def _watch_disconnect(receive, conn: ASGIConnection) -> None:
+async def _watch_disconnect(receive, transport) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            conn.peer_gone = True
-            conn.close(CLOSE_SHUTDOWN)
+            transport.peer_gone()
             return
 
 

@@ -130,7 +130,7 @@ async def open_subscriber(hub: "Hub", request: "Request", make_conn):
         for pattern in topics:
             hub.subscribe(conn, pattern, request.first("filter"))
     except HubError:
-        hub.detach(conn)
+        conn.lost()
         raise
     return conn
 
@@ -149,7 +149,7 @@ async def open_sse(hub: "Hub", request: "Request", make_conn) -> tuple[Any, Resp
         if since:
             hello += sse_replay(hub, conn, since)
     except BaseException:
-        hub.detach(conn)  # attached but never streamed: nothing else would release it
+        conn.lost()  # attached but never streamed: nothing else would release it
         raise
     return conn, hello
 

@@ -5,11 +5,11 @@ reads the request head and then either hands the socket to picows (a
 WebSocket upgrade to ``/ws``: the bytes already read are fed to picows'
 protocol as if it had read them) or turns into an SSE stream.
 
-Writers never await. A connection whose outbox went from idle to busy is
-flushed once, at the end of the current loop turn (``call_soon``), with
-everything queued by then in ONE write. While the kernel buffer of a slow
-client is full (transport paused), its outbox absorbs the backlog under its
-bounds, so the cost of a slow client stays with that client.
+The transports here only write bytes to the socket: the connection is the
+writer (``connection.py``) and the hub's flusher decides when it writes.
+While the kernel buffer of a slow client is over the high-water mark, its
+outbox absorbs the backlog under its bounds, so the cost of a slow client
+stays with that client; ``resume_writing`` wakes the writer again.
 
 SSE responses are delimited by connection close (``Connection: close``, no
 chunked framing), so the queued event bytes go to the socket untouched.
@@ -28,7 +28,7 @@ from picows.picows import WSProtocol
 from .. import wire
 from ..accesslog import log_access
 from ..auth import ANONYMOUS, Request
-from ..connection import CLOSE_SHUTDOWN, CLOSE_TOO_BIG, Connection
+from ..connection import CLOSE_INTERNAL, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_TOO_BIG, Connection
 from ..ops import WSSession
 from .http import SSE_HEADERS, error_body, open_sse
 
@@ -50,7 +50,6 @@ MAX_HEADERS = 100
 # most of the RSS of an idle connection).
 READ_BUFFER_INITIAL = 2048
 CLOSE_TIMEOUT = 2.0  # seconds a peer has to answer our close frame
-HIGH_WATER = 256 << 10  # bytes in the kernel-side write buffer before we stop feeding it
 SSE_HEAD = b"HTTP/1.1 200 OK\r\n" + b"".join(
     f"{k}: {v}\r\n".encode() for k, v in SSE_HEADERS) + b"connection: close\r\n\r\n"
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -70,50 +69,18 @@ class NativeServer:
     def __init__(self, hub: "Hub") -> None:
         self.hub = hub
         self.server: asyncio.base_events.Server | None = None
-        self.sse_connections: set[NativeSSEConnection] = set()
-        self._heartbeat_task: asyncio.Task | None = None
         self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._to_flush: list = []
-        self._flush_handle: asyncio.Handle | None = None
 
     async def start(self, host: str, port: int, ssl=None, reuse_port: bool = False) -> None:
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             lambda: _Sniffer(self), host, port, ssl=ssl, reuse_port=reuse_port, backlog=4096)
         self.port = self.server.sockets[0].getsockname()[1]
-        self._heartbeat_task = asyncio.ensure_future(self._sse_heartbeats())
-
-    def schedule(self, conn) -> None:
-        """Flush ``conn`` at the end of this loop turn, with every other woken
-        connection: one callback a turn, however many connections."""
-        self._to_flush.append(conn)
-        if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush_all)
-
-    def _flush_all(self) -> None:
-        self._flush_handle = None
-        connections, self._to_flush = self._to_flush, []
-        for conn in connections:
-            conn.flush()
 
     async def close(self) -> None:
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
         if self.server is not None:
             self.server.close()
             self.server = None
-
-    async def _sse_heartbeats(self) -> None:
-        # One timer for all SSE streams: a ping to each that wrote nothing
-        # since the last round.
-        heartbeat = self.hub.config.heartbeat
-        while True:
-            await asyncio.sleep(heartbeat)
-            for conn in list(self.sse_connections):
-                if conn.idle:
-                    conn.write_raw(wire.SSE_PING)
-                conn.idle = True
 
     def ws_protocol(self, listener_factory) -> WSProtocol:
         """picows' own server protocol, configured as ``ws_create_server`` would."""
@@ -151,6 +118,9 @@ class _Sniffer(asyncio.Protocol):
                 self._reply(431, "request head too large")
             return
         self.head_timer.cancel()
+        if end > MAX_HEAD_BYTES:  # the whole head came in one read: same limit
+            self._reply(431, "request head too large")
+            return
         try:
             method, target, headers = _parse_head(bytes(self.buffer[:end]))
         except ValueError as error:
@@ -214,57 +184,27 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
     return parts[0], parts[1], headers
 
 
-class _NativeConnection(Connection):
-    """A connection whose writer is a plain function: woken, it is flushed at
-    the end of the loop turn (with all others, see NativeServer.schedule)."""
-
-    def __init__(self, hub: "Hub", fmt: int, principal, server: NativeServer, transport) -> None:
-        super().__init__(hub, fmt, principal)
-        self.server = server
-        self.socket_transport = transport
-        self.scheduled = False
-
-    def wake(self) -> None:
-        if not self.scheduled and not self.closed:
-            self.scheduled = True
-            self.server.schedule(self)
-
-    def flush(self) -> None:
-        self.scheduled = False
-        transport = self.socket_transport
-        if self.closed or transport.is_closing():
-            return
-        while transport.get_write_buffer_size() < HIGH_WATER:
-            batch = self.next_batch()
-            if not batch:
-                self.outbox.armed = True
-                return
-            self.write(batch)
-        # Paused: the outbox keeps the backlog; resume_writing flushes again.
-
-    def write(self, batch: bytes) -> None:
-        raise NotImplementedError
-
-
 # -- SSE ------------------------------------------------------------------------
-class NativeSSEConnection(_NativeConnection):
+class NativeSSETransport:
+    """An SSE response delimited by connection close: batches go to the socket as queued."""
 
-    def __init__(self, hub: "Hub", principal, stream: "_SSEStream") -> None:
-        super().__init__(hub, wire.SSE, principal, stream.server, stream.transport)
-        self.stream = stream
-        self.idle = True
+    __slots__ = ("socket",)
 
-    def write(self, batch: bytes) -> None:
-        self.socket_transport.write(batch)  # close-delimited body: the bytes as queued
-        self.idle = False
+    def __init__(self, socket: asyncio.Transport) -> None:
+        self.socket = socket
 
-    def write_raw(self, data: bytes) -> None:
-        if not self.closed:
-            self.socket_transport.write(data)
+    def write(self, data: bytes) -> None:
+        self.socket.write(data)
 
-    def closing(self) -> None:
-        self.server.sse_connections.discard(self)
-        self.socket_transport.close()
+    def buffered(self) -> int:
+        return self.socket.get_write_buffer_size()
+
+    def close(self, code: int, reason: str) -> None:
+        self.socket.close()
+
+    def heartbeat(self, idle: bool) -> None:
+        if idle:
+            self.socket.write(wire.SSE_PING)
 
 
 class _SSEStream(asyncio.Protocol):
@@ -272,7 +212,7 @@ class _SSEStream(asyncio.Protocol):
         self.server = server
         self.request = request
         self.transport = transport
-        self.conn: NativeSSEConnection | None = None
+        self.conn: Connection | None = None
         self.gone = False
 
     def start(self) -> None:
@@ -284,17 +224,19 @@ class _SSEStream(asyncio.Protocol):
         except Exception:
             log.exception("opening an SSE stream failed")
             if self.conn is not None:
-                self.conn.close(CLOSE_SHUTDOWN)
+                self.conn.close(CLOSE_INTERNAL)
             if not self.transport.is_closing():
                 self.transport.write(http_response(500, error_body(500, "internal error")))
                 self.transport.close()
 
     async def _open_stream(self) -> None:
         hub = self.server.hub
-        conn, opening = await open_sse(hub, self.request, lambda p: NativeSSEConnection(hub, p, self))
+        sse = NativeSSETransport(self.transport)
+        conn, opening = await open_sse(hub, self.request, lambda p: Connection(hub, wire.SSE, p, sse))
+        self.request = None
         if self.gone:
             if conn is not None:
-                hub.detach(conn)
+                conn.lost()
             return
         if conn is None:
             status, payload, headers = opening
@@ -302,7 +244,6 @@ class _SSEStream(asyncio.Protocol):
             self.transport.close()
             return
         self.conn = conn
-        self.server.sse_connections.add(conn)
         self.transport.write(SSE_HEAD + opening)
         conn.flush()
 
@@ -310,7 +251,7 @@ class _SSEStream(asyncio.Protocol):
         pass  # nothing more is expected from an SSE client
 
     def pause_writing(self) -> None:
-        pass  # flush() checks the buffer size itself
+        pass  # the writer checks the buffer size itself
 
     def resume_writing(self) -> None:
         if self.conn is not None:
@@ -319,7 +260,7 @@ class _SSEStream(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.gone = True
         if self.conn is not None:
-            self.conn.close(CLOSE_SHUTDOWN)
+            self.conn.lost()
 
 
 # -- WebSocket --------------------------------------------------------------------
@@ -339,40 +280,49 @@ def text_frame_header(length: int) -> bytes:
     return b"\x81\x7f" + length.to_bytes(8, "big")
 
 
-class NativeWSConnection(_NativeConnection):
+class NativeWSTransport:
+    """A picows connection; data frames are framed here and written to the socket."""
 
-    def __init__(self, hub: "Hub", ws, server: NativeServer) -> None:
-        super().__init__(hub, wire.WS, ANONYMOUS, server, ws.underlying_transport)
+    __slots__ = ("ws", "socket")
+
+    def __init__(self, ws) -> None:
         self.ws = ws
+        self.socket = ws.underlying_transport
 
-    def write(self, batch: bytes) -> None:
-        # Data frames are framed here and written to the socket's transport
-        # directly: the shared frame bytes go out as they are, and this avoids
-        # picows' send() for payloads over 8 KiB, whose header is a view of a
-        # reused buffer that a paused transport keeps and the next send
-        # overwrites (corrupt frames under backpressure, seen in picows 2.3.1).
-        size = len(batch)
+    def write(self, data: bytes) -> None:
+        # Framed here and written to the socket's transport directly: the
+        # shared frame bytes go out as they are, and this avoids picows'
+        # send() for payloads over 8 KiB, whose header is a view of a reused
+        # buffer that a paused transport keeps and the next send overwrites
+        # (corrupt frames under backpressure, seen in picows 2.3.1).
+        size = len(data)
         if size < COPY_BELOW:
-            self.socket_transport.write(text_frame_header(size) + batch)
+            self.socket.write(text_frame_header(size) + data)
         else:
-            self.socket_transport.writelines((text_frame_header(size), batch))
+            self.socket.writelines((text_frame_header(size), data))
 
-    def closing(self) -> None:
-        if self.control:  # the error explaining the close goes first
-            self.write(self.take_owed())
-        self.ws.send_close(self.close_code, self.close_reason.encode()[:120])
+    def buffered(self) -> int:
+        return self.socket.get_write_buffer_size()
+
+    def close(self, code: int, reason: str) -> None:
+        self.ws.send_close(code, reason.encode()[:120])
         # Let the peer answer the close (its reply disconnects, see _WSHandler):
         # cutting the socket now could reset it before it reads our close frame.
         asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.ws.disconnect)
+
+    def heartbeat(self, idle: bool) -> None:
+        pass  # picows pings idle peers at the protocol level itself
 
 
 class _WSHandler(WSListener):
     def __init__(self, server: NativeServer, request: Request) -> None:
         self.server = server
         self.request = request
-        self.conn: NativeWSConnection | None = None
+        self.conn: Connection | None = None
         self.session: WSSession | None = None
-        self.fragments: list[bytes] | None = None
+        self.fragments: list[bytes] | None = None  # a fragmented message being received
+        self.fragments_size = 0
+        self.fragments_text = False
 
     def on_ws_connected(self, transport) -> None:
         hub = self.server.hub
@@ -380,7 +330,7 @@ class _WSHandler(WSListener):
             transport.send_close(CLOSE_SHUTDOWN)
             transport.disconnect()
             return
-        self.conn = NativeWSConnection(hub, transport, self.server)
+        self.conn = Connection(hub, wire.WS, ANONYMOUS, NativeWSTransport(transport))
         self.session = WSSession(hub, self.conn, self.request)
         self.request = None
         asyncio.ensure_future(self.session.open())
@@ -390,32 +340,54 @@ class _WSHandler(WSListener):
         if session is None:
             return
         kind = frame.msg_type
-        if kind == WSMsgType.TEXT or kind == WSMsgType.BINARY:
-            if frame.fin:
-                session.on_frame(frame.get_payload_as_bytes())
-            else:
-                self.fragments = [frame.get_payload_as_bytes()]
-        elif kind == WSMsgType.CONTINUATION and self.fragments is not None:
-            self.fragments.append(frame.get_payload_as_bytes())
-            size = sum(map(len, self.fragments))
-            if size > self.server.hub.config.max_message_bytes:
-                self.fragments = None
-                self.conn.close(CLOSE_TOO_BIG, "message over MAX_MESSAGE_BYTES")
-            elif frame.fin:
-                data, self.fragments = b"".join(self.fragments), None
-                session.on_frame(data)
-        elif kind == WSMsgType.CLOSE:
+        if kind == WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code())
             transport.disconnect()
+            return
+        if kind == WSMsgType.PING or kind == WSMsgType.PONG:
+            return  # answered and timed by picows itself
+        # RFC 6455 5.2 and 5.4: no extension was negotiated, so RSV bits must
+        # be clear; a fragmented message is continued only by CONTINUATION
+        # frames, and a CONTINUATION needs a message to continue.
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self.conn.close(CLOSE_PROTOCOL, "RSV bits set without a negotiated extension")
+            return
+        if kind == WSMsgType.CONTINUATION:
+            if self.fragments is None:
+                self.conn.close(CLOSE_PROTOCOL, "continuation frame with no message to continue")
+                return
+            self._fragment(frame)
+            return
+        if self.fragments is not None:
+            self.conn.close(CLOSE_PROTOCOL, "new message inside a fragmented message")
+            return
+        if frame.fin:
+            session.on_frame(frame.get_payload_as_bytes(), kind == WSMsgType.TEXT)
+        else:
+            self.fragments_text = kind == WSMsgType.TEXT
+            self.fragments = []
+            self.fragments_size = 0
+            self._fragment(frame)
+
+    def _fragment(self, frame) -> None:
+        payload = frame.get_payload_as_bytes()
+        self.fragments_size += len(payload)
+        if self.fragments_size > self.server.hub.config.max_message_bytes:
+            self.fragments = None
+            self.conn.close(CLOSE_TOO_BIG, "message over MAX_MESSAGE_BYTES")
+            return
+        self.fragments.append(payload)
+        if frame.fin:
+            data, self.fragments = b"".join(self.fragments), None
+            self.session.on_frame(data, self.fragments_text)
 
     def pause_writing(self) -> None:
-        pass  # flush() checks the buffer size itself
+        pass  # the writer checks the buffer size itself
 
     def resume_writing(self) -> None:
         if self.conn is not None:
             self.conn.wake()
 
     def on_ws_disconnected(self, transport) -> None:
-        if self.conn is not None:
-            self.conn.closed = True
-            self.session.close()
+        if self.session is not None:
+            self.session.lost(CLOSE_SHUTDOWN)
