@@ -52,8 +52,10 @@ def _masked(url: str) -> str:
 
 
 class PostgresStore(NotificationStore):
-    def __init__(self, url: str, *, ttl: float, max_per_user: int) -> None:
+    def __init__(self, url: str, *, ttl: float, max_per_user: int,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
         super().__init__(ttl=ttl, max_per_user=max_per_user)
+        self.connect_timeout = connect_timeout
         if psycopg is None:
             raise StoreError("a postgresql:// store needs psycopg: pip install 'hubbub[postgres]'")
         self.url = url
@@ -65,7 +67,7 @@ class PostgresStore(NotificationStore):
         pool = AsyncConnectionPool(self.url, min_size=POOL_MIN, max_size=POOL_MAX, open=False,
                                    kwargs={"autocommit": True}, name="hubbub-inbox")
         try:
-            await pool.open(wait=True, timeout=CONNECT_TIMEOUT)
+            await pool.open(wait=True, timeout=self.connect_timeout)
         except Exception as error:
             await pool.close()
             raise StoreError(f"cannot connect to PostgreSQL at {_masked(self.url)}: {error}") from error
