@@ -121,3 +121,11 @@ async def test_background_pruning_applies_the_cap(make_store):
     finally:
         await inbox.stop()
     assert inbox._pruner is None
+
+
+async def test_list_continues_after_a_records_id(inbox):
+    records = [await inbox.notify("alice", f"n{i}", "") for i in range(3)]
+    assert await inbox.list("alice", before=records[2]["id"]) == [records[1], records[0]]
+    assert await inbox.list("alice", before=int(records[1]["id"])) == [records[0]]
+    with pytest.raises(HubError, match="'before'"):
+        await inbox.list("alice", before="nope")

@@ -127,7 +127,10 @@ class Inbox:
 
     # -- reads -----------------------------------------------------------------
     async def list(self, user: str, *, unread_only: bool = False, limit: int = validate.LIMIT_DEFAULT,
-                   before: int | None = None) -> list[dict[str, Any]]:
+                   before: str | int | None = None) -> list[dict[str, Any]]:
+        """Newest first; ``before`` (a record's id) continues after that record."""
+        if isinstance(before, str):
+            before = validate.listing_query({"before": [before]})[2]
         return await self.store.list(user, unread_only=unread_only, limit=limit, before_id=before)
 
     async def unread_count(self, user: str) -> int:
