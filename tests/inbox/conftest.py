@@ -27,7 +27,7 @@ def _admin_connect():
     except psycopg.OperationalError as error:
         message = f"PostgreSQL at {POSTGRES_URL} is unreachable ({error}); {START_HINT}"
         if os.environ.get("CI") == "true":
-            pytest.fail(message)
+            pytest.fail(message, pytrace=False)
         pytest.skip(message)
 
 
