@@ -43,6 +43,9 @@ class Config:
     jwt_issuer: str = ""
     backplane: str = "memory"
     store: str = "sqlite:///hubbub.db"
+    data_dir: str = ""  # where a relative sqlite:/// path lives; empty: the working directory
+    notification_ttl: float = 30 * 86400.0  # seconds a notification is kept
+    notification_max_per_user: int = 1000  # the newest kept per user; older ones are pruned
     history_size: int = 1000
     history_ttl: float = 3600.0
     queue_max_messages: int = 1024
@@ -103,14 +106,14 @@ class Config:
 
         for name in ("port", "workers", "history_size", "queue_max_messages", "queue_max_bytes",
                      "max_message_bytes", "max_topics_per_connection", "recovery_max",
-                     "max_connections", "max_connections_per_user"):
+                     "max_connections", "max_connections_per_user", "notification_max_per_user"):
             value = getattr(self, name)
             check(name, value >= (0 if name == "port" else 1), f"must be at least 1, got {value}")
         check("port", self.port <= 65535, f"must be a TCP port, got {self.port}")
         if self.fast_port is not None:
             check("fast_port", 0 <= self.fast_port <= 65535, f"must be a TCP port or 0, got {self.fast_port}")
         for name in ("history_ttl", "heartbeat", "client_publish_rate", "presence_ttl", "drain_timeout",
-                     "connect_rate"):
+                     "connect_rate", "notification_ttl"):
             value = getattr(self, name)
             check(name, value > 0, f"must be positive, got {value}")
         check("flush_delay", 0 <= self.flush_delay <= 1000,
@@ -119,8 +122,9 @@ class Config:
               f"must be drop_oldest or disconnect, got {self.slow_consumer!r}")
         check("backplane", self.backplane == "memory" or self.backplane.startswith(("redis://", "rediss://")),
               f"must be memory or a redis:// URL, got {self.backplane!r}")
-        check("store", self.store.startswith(("sqlite://", "postgresql://", "postgres://")),
-              f"must be a sqlite:/// or postgresql:// URL, got {self.store!r}")
+        sqlite_ok = self.store.startswith("sqlite:///") and len(self.store) > len("sqlite:///")
+        check("store", sqlite_ok or self.store.startswith(("postgresql://", "postgres://")),
+              f"must be sqlite:///PATH or a postgresql:// URL, got {self.store!r}")
         check("tls_key", bool(self.tls_cert) == bool(self.tls_key),
               "HUBBUB_TLS_CERT and HUBBUB_TLS_KEY must be set together")
         unknown = set(self.jwt_algorithms) - _KNOWN_ALGORITHMS

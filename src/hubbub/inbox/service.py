@@ -1,0 +1,164 @@
+"""The inbox service: a store plus the live events every change announces (SPEC 8).
+
+``Inbox`` owns a ``NotificationStore`` and a callback ``emit(user, event,
+payload)`` that carries events to the user's live connections (the hub
+wires it; it may be a plain or an async function). After each change:
+
+- create   → ``notification`` (the record), then ``unread_count`` ``{count}``
+- read     → ``unread_count``
+- read-all → ``unread_count``
+- delete   → ``notification_deleted`` ``{id}``, then ``unread_count``
+
+The store is the truth and the events are a best-effort echo of it: a
+change that was stored is answered as done even when ``emit`` fails (the
+client's next connect brings the count anyway).
+
+Changes of one user are serialized in this process, so the counts a user's
+tabs receive arrive in the order the changes happened, never a stale count
+after a fresh one.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from . import validate
+from .store import NotificationStore, parse_id, store_from_config
+
+log = logging.getLogger("hubbub.inbox")
+
+Emit = Callable[[str, str, Any], Any]
+PRUNE_INTERVAL = 300.0  # seconds between background retention passes
+
+
+def _no_emit(user: str, event: str, payload: Any) -> None:
+    return None
+
+
+class Inbox:
+    def __init__(self, store: NotificationStore, emit: Emit | None = None, *,
+                 max_message_bytes: int = 64 << 10, prune_interval: float = PRUNE_INTERVAL) -> None:
+        self.store = store
+        self.emit = emit or _no_emit
+        self.max_message_bytes = max_message_bytes
+        self.prune_interval = prune_interval
+        self._pruner: asyncio.Task | None = None
+        self._locks: dict[str, list] = {}  # user -> [asyncio.Lock, holders and waiters]
+
+    @classmethod
+    def from_config(cls, config, emit: Emit | None = None, **options: Any) -> "Inbox":
+        return cls(store_from_config(config), emit, max_message_bytes=config.max_message_bytes, **options)
+
+    # -- lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the store (migrating it) and start background pruning."""
+        await self.store.open()
+        self._pruner = asyncio.create_task(self._prune_forever(), name="hubbub-inbox-prune")
+
+    async def stop(self) -> None:
+        pruner, self._pruner = self._pruner, None
+        if pruner is not None:
+            pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruner
+        await self.store.close()
+
+    async def _prune_forever(self) -> None:
+        while True:
+            try:
+                removed = await self.store.prune()
+                if removed:
+                    log.info("inbox retention removed %d notification(s)", removed)
+            except Exception:
+                log.exception("inbox pruning failed; retrying in %.0f s", self.prune_interval)
+            await asyncio.sleep(self.prune_interval)
+
+    async def prune(self, now: float | None = None) -> int:
+        return await self.store.prune(now)
+
+    # -- changes ---------------------------------------------------------------
+    async def create(self, payload: Any) -> dict[str, Any]:
+        """``POST /notifications``: validate a decoded body, store, announce."""
+        new = validate.notification(payload, self.max_message_bytes)
+        async with self._serialized(new.user):
+            record = await self.store.create(new)
+            await self._emit(new.user, "notification", record)
+            await self._emit_count(new.user)
+        return record
+
+    async def notify(self, user: str, title: str, message: str, *, level: str = "info",
+                     priority: str = "normal", data: Any = None) -> dict[str, Any]:
+        """``hub.notify``: the same validation and events as the endpoint."""
+        return await self.create({"user": user, "title": title, "message": message,
+                                  "level": level, "priority": priority, "data": data})
+
+    async def mark_read(self, user: str, id_: str) -> dict[str, Any] | None:
+        """Mark one read; None when the user has no notification ``id_``."""
+        key = parse_id(id_)
+        if key is None:
+            return None
+        async with self._serialized(user):
+            record = await self.store.mark_read(user, key)
+            if record is not None:
+                await self._emit_count(user)
+        return record
+
+    async def mark_all_read(self, user: str) -> int:
+        async with self._serialized(user):
+            changed = await self.store.mark_all_read(user)
+            await self._emit_count(user)
+        return changed
+
+    async def delete(self, user: str, id_: str) -> bool:
+        """Delete one; False when the user has no notification ``id_``."""
+        key = parse_id(id_)
+        if key is None:
+            return False
+        async with self._serialized(user):
+            deleted = await self.store.delete(user, key)
+            if deleted:
+                await self._emit(user, "notification_deleted", {"id": id_})
+                await self._emit_count(user)
+        return deleted
+
+    # -- reads -----------------------------------------------------------------
+    async def list(self, user: str, *, unread_only: bool = False, limit: int = validate.LIMIT_DEFAULT,
+                   before: str | int | None = None) -> list[dict[str, Any]]:
+        """Newest first; ``before`` (a record's id) continues after that record."""
+        if isinstance(before, str):
+            before = validate.listing_query({"before": [before]})[2]
+        return await self.store.list(user, unread_only=unread_only, limit=limit, before_id=before)
+
+    async def unread_count(self, user: str) -> int:
+        """What a connection of ``user`` is told on connect (``unread_count``)."""
+        return await self.store.unread_count(user)
+
+    # -- helpers ---------------------------------------------------------------
+    async def _emit_count(self, user: str) -> None:
+        await self._emit(user, "unread_count", {"count": await self.store.unread_count(user)})
+
+    async def _emit(self, user: str, event: str, payload: Any) -> None:
+        try:
+            result = self.emit(user, event, payload)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("inbox: live delivery of %r to user %r failed", event, user)
+
+    @contextlib.asynccontextmanager
+    async def _serialized(self, user: str):
+        entry = self._locks.get(user)
+        if entry is None:
+            entry = self._locks[user] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[user]

@@ -1,0 +1,165 @@
+"""The notification store interface (SPEC 8) and what its implementations share.
+
+A store keeps per-user notifications durably. Every method takes the user it
+acts for: a notification of another user behaves exactly like a missing one,
+so nothing tells a caller that someone else's id exists.
+
+Records are JSON-able dicts::
+
+    {"id": "42", "user": "alice", "title": "...", "message": "...",
+     "level": "info", "priority": "normal", "data": <any JSON or null>,
+     "read": false, "created_at": <ms since the epoch>}
+
+Ids are integers inside the store (keyset pagination orders by them) and
+decimal strings outside: clients treat them as opaque.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+import re
+import time
+from typing import Any
+
+import orjson
+
+from ..errors import HubError
+
+# A store id is a positive signed 64-bit integer (both SQLite and PostgreSQL BIGINT).
+_ID = re.compile(r"[1-9][0-9]{0,18}")
+_MAX_ID = (1 << 63) - 1
+
+# The columns every query returns, in this order; ``record_of`` maps a row.
+COLUMNS = "id, user_id, title, message, level, priority, data, read, created_at"
+
+
+class StoreError(HubError):
+    """The store cannot answer (database down, locked too long, corrupt): 503."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(503, f"notification store unavailable: {reason}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NewNotification:
+    """A validated notification, ready to store (see ``validate``)."""
+
+    user: str
+    title: str
+    message: str
+    level: str = "info"
+    priority: str = "normal"
+    data: Any = None
+
+
+def parse_id(text: str | None) -> int | None:
+    """A client's id as the store's integer, or None when it cannot be one."""
+    if text is None or not _ID.fullmatch(text):
+        return None
+    value = int(text)
+    return value if value <= _MAX_ID else None
+
+
+def encode_data(data: Any) -> str | None:
+    """``data`` as the JSON text a store keeps; None stays SQL NULL."""
+    return None if data is None else orjson.dumps(data).decode()
+
+
+def record_of(row: tuple) -> dict[str, Any]:
+    """A stored row (in ``COLUMNS`` order) as the record clients see."""
+    id_, user, title, message, level, priority, data, read, created_at = row
+    return {
+        "id": str(id_), "user": user, "title": title, "message": message,
+        "level": level, "priority": priority,
+        "data": None if data is None else orjson.loads(data),
+        "read": bool(read), "created_at": int(created_at),
+    }
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class NotificationStore(abc.ABC):
+    """The durable inbox. ``open`` (creating and migrating the schema) must be
+    awaited before anything else, ``close`` at the end; no method blocks the
+    event loop. Driver failures surface as ``StoreError`` (503).
+
+    ``ttl`` (seconds) and ``max_per_user`` are the retention ``prune`` applies.
+    """
+
+    def __init__(self, *, ttl: float, max_per_user: int) -> None:
+        self.ttl = ttl
+        self.max_per_user = max_per_user
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, create the schema on first start and apply pending migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and threads; idempotent."""
+
+    @abc.abstractmethod
+    async def create(self, new: NewNotification, created_at: int | None = None) -> dict[str, Any]:
+        """Store an unread notification and return its record."""
+
+    @abc.abstractmethod
+    async def list(self, user: str, *, unread_only: bool = False, limit: int = 50,
+                   before_id: int | None = None) -> list[dict[str, Any]]:
+        """The user's notifications, newest first; ``before_id`` continues a
+        previous page (only ids smaller than it)."""
+
+    @abc.abstractmethod
+    async def mark_read(self, user: str, id_: int) -> dict[str, Any] | None:
+        """Mark one read; its record, or None when the user has no such id."""
+
+    @abc.abstractmethod
+    async def mark_all_read(self, user: str) -> int:
+        """Mark every unread one of the user read; how many changed."""
+
+    @abc.abstractmethod
+    async def delete(self, user: str, id_: int) -> bool:
+        """Delete one; False when the user has no such id."""
+
+    @abc.abstractmethod
+    async def unread_count(self, user: str) -> int:
+        """How many of the user's notifications are unread."""
+
+    @abc.abstractmethod
+    async def prune(self, now: float | None = None) -> int:
+        """Apply retention at ``now`` (seconds since the epoch, default the
+        clock): delete what is older than ``ttl``, then each user's oldest
+        beyond ``max_per_user``. Returns how many were deleted."""
+
+
+def sqlite_path(url: str, data_dir: str = "") -> str:
+    """The file of a ``sqlite:///PATH`` URL: absolute as given
+    (``sqlite:////var/lib/hubbub.db``), else relative to ``data_dir``
+    (HUBBUB_DATA_DIR), else to the working directory. ``:memory:`` stays."""
+    path = url[len("sqlite:///"):]
+    if not url.startswith("sqlite:///") or not path:
+        raise ValueError(f"expected sqlite:///PATH, got {url!r}")
+    if path == ":memory:" or os.path.isabs(path):
+        return path
+    return os.path.join(data_dir or os.getcwd(), path)
+
+
+def open_store(url: str, *, data_dir: str = "", ttl: float = 30 * 86400.0,
+               max_per_user: int = 1000) -> NotificationStore:
+    """The store a ``HUBBUB_STORE`` URL names (not opened yet)."""
+    if url.startswith("sqlite:"):
+        from .sqlite import SqliteStore
+
+        return SqliteStore(sqlite_path(url, data_dir), ttl=ttl, max_per_user=max_per_user)
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, ttl=ttl, max_per_user=max_per_user)
+    raise ValueError(f"unsupported store URL {url!r}: expected sqlite:///PATH or postgresql://")
+
+
+def store_from_config(config) -> NotificationStore:
+    return open_store(config.store, data_dir=config.data_dir, ttl=config.notification_ttl,
+                      max_per_user=config.notification_max_per_user)
