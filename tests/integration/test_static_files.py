@@ -54,7 +54,7 @@ def test_demo_page_in_dev_mode(hub):
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/html; charset=utf-8"
     assert response.headers["cache-control"] == "no-cache"
-    assert "/hubbub.js" in response.text
+    assert '<script src="hubbub.js"></script>' in response.text
 
 
 def test_demo_page_is_not_served_outside_dev(make_hub):
