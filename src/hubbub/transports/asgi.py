@@ -25,6 +25,7 @@ from ..history import Gap
 from ..ops import WSSession
 from .http import (PUBLISH_MAX_BODY, SSE_HEADERS, PublishEndpoint, error_body, health, open_sse,
                    open_subscriber, resume_point)
+from .static import send_static, static_response
 
 if TYPE_CHECKING:
     from ..hub import Hub
@@ -302,6 +303,8 @@ class HubApp:
         elif path == "/healthz" and method in ("GET", "HEAD"):
             status, payload, headers = health(self.hub)
             await _json(send, status, payload, headers)
+        elif (static := static_response(method, path, request.headers, self.hub.config.dev)) is not None:
+            await send_static(send, static)  # /hubbub.js, /hubbub.mjs, the dev demo at /
         elif path in ("/sse", "/publish", "/healthz", "/poll"):
             await _json(send, 405, error_body(405, f"{method} is not allowed on {path}"))
         else:
