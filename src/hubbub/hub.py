@@ -137,9 +137,10 @@ class Hub:
 
     def asgi(self):
         """The ASGI app serving every endpoint, to run alone or mount in a router."""
+        from .cors import CorsMiddleware, CorsPolicy
         from .transports.asgi import HubApp
 
-        return HubApp(self)
+        return CorsMiddleware(HubApp(self), CorsPolicy.of(self.config))  # SPEC 1: origins
 
     async def listen(self, host: str = "127.0.0.1", port: int = 0, *, ssl=None,
                      reuse_port: bool = False) -> "NativeServer":

@@ -28,7 +28,7 @@ def create_app():
     _hubs.append(hub)
     app = hub.asgi()
     if config.effective_fast_port:
-        app.fast_listener = (config.host, config.effective_fast_port, config.workers > 1)
+        app.inner.fast_listener = (config.host, config.effective_fast_port, config.workers > 1)
     return app
 
 

@@ -29,6 +29,7 @@ from .. import wire
 from ..accesslog import log_access
 from ..auth import ANONYMOUS, Request
 from ..connection import CLOSE_SHUTDOWN, CLOSE_TOO_BIG, Connection
+from ..cors import CorsPolicy, head_lines
 from ..ops import WSSession
 from .http import SSE_HEADERS, error_body, open_sse
 
@@ -69,6 +70,7 @@ def http_response(status: int, payload: object, headers: list[tuple[str, str]] =
 class NativeServer:
     def __init__(self, hub: "Hub") -> None:
         self.hub = hub
+        self.cors = CorsPolicy.of(hub.config)
         self.server: asyncio.base_events.Server | None = None
         self.sse_connections: set[NativeSSEConnection] = set()
         self._heartbeat_task: asyncio.Task | None = None
@@ -141,7 +143,8 @@ class _Sniffer(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         # A client that never finishes its request head must not hold a socket.
-        self.head_timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, transport.abort)
+        self.head_timer = asyncio.get_running_loop().call_later(self.server.hub.config.head_timeout,
+                                                                transport.abort)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -163,7 +166,15 @@ class _Sniffer(asyncio.Protocol):
         request = Request(path=url.path, headers=headers,
                           query=parse_qs(url.query, keep_blank_values=True), client=client)
         if url.path == "/ws" and headers.get("upgrade", "").lower() == "websocket":
+            if not self.server.cors.ws_allowed(headers):  # cross-site WebSocket hijacking
+                self._reply(403, "origin not allowed")
+                return
             self._to_websocket(request)
+        elif url.path == "/sse" and method == "OPTIONS":  # CORS preflight
+            status, cors = self.server.cors.preflight(headers)
+            self.transport.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'No Content')}\r\n".encode()
+                                 + head_lines([*cors, ("connection", "close")]) + b"\r\n")
+            self.transport.close()
         elif url.path == "/sse" and method == "GET":
             stream = _SSEStream(self.server, request, self.transport)
             self.transport.set_protocol(stream)
@@ -280,6 +291,7 @@ class _SSEStream(asyncio.Protocol):
 
     async def _open(self) -> None:
         hub = self.server.hub
+        cors = self.server.cors.response_headers(self.request.headers)
         conn, opening = await open_sse(hub, self.request, lambda p: NativeSSEConnection(hub, p, self))
         if self.gone:
             if conn is not None:
@@ -287,12 +299,12 @@ class _SSEStream(asyncio.Protocol):
             return
         if conn is None:
             status, payload, headers = opening
-            self.transport.write(http_response(status, payload, headers))
+            self.transport.write(http_response(status, payload, [*headers, *cors]))
             self.transport.close()
             return
         self.conn = conn
         self.server.sse_connections.add(conn)
-        self.transport.write(SSE_HEAD + opening)
+        self.transport.write(SSE_HEAD[:-2] + head_lines(cors) + b"\r\n" + opening)
         conn.flush()
 
     def data_received(self, data: bytes) -> None:
