@@ -83,6 +83,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
     from granian import Granian
     from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Granian caps concurrent connections per worker at backpressure
@@ -96,6 +97,9 @@ def serve_command(args: argparse.Namespace) -> int:
         ssl_cert=Path(config.tls_cert) if config.tls_cert else None,
         ssl_key=Path(config.tls_key) if config.tls_key else None,
         log_access=False,  # access lines would carry ?token= (see the README)
+        # A client that never finishes its request head (slowloris) is cut after
+        # HEAD_TIMEOUT on this port as on the fast port (Granian's default is 30 s).
+        http1_settings=HTTP1Settings(header_read_timeout=int(config.head_timeout * 1000)),
     )
     fast = config.effective_fast_port
     scheme = "https" if config.tls_cert else "http"

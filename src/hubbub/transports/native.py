@@ -169,6 +169,9 @@ class _Sniffer(asyncio.Protocol):
             if not self.server.cors.ws_allowed(headers):  # cross-site WebSocket hijacking
                 self._reply(403, "origin not allowed")
                 return
+            if self.server.hub.draining:  # a load balancer sees 503, not a closed socket
+                self._reply(503, "hub is shutting down")
+                return
             self._to_websocket(request)
         elif url.path == "/sse" and method == "OPTIONS":  # CORS preflight
             status, cors = self.server.cors.preflight(headers)
