@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("topic")
     publish.add_argument("data", help="JSON")
     publish.add_argument("--event")
-    publish.add_argument("--url", default=None, help="hub base URL (default http://HOST:PORT)")
+    publish.add_argument("--url", default=None, help="hub base URL (default http://HUBBUB_HOST:HUBBUB_PORT)")
 
     commands.add_parser("config", help="print the effective configuration (secrets masked)")
 
