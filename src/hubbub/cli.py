@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="fan-out benchmark against the peers (pip install 'hubbub[bench]')")
     bench.add_argument("--quick", action="store_true", help="smaller runs, about two minutes")
     bench.add_argument("--out", default="bench/results", help="where tables, JSON and plots go")
+    bench.add_argument("--port-base", type=int, help="pin the servers' ports: PORT, PORT+1, ... (default: free)")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from .benchmark.run import main as bench_main
 
-        return bench_main((["--quick"] if args.quick else []) + ["--out", args.out])
+        return bench_main((["--quick"] if args.quick else []) + ["--out", args.out]
+                          + (["--port-base", str(args.port_base)] if args.port_base else []))
     return config_command()
 
 
