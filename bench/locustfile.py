@@ -64,7 +64,11 @@ class WebSocketSubscriber(User):
                 frame = self.ws.recv()
             except Exception:
                 return
+            if not frame:  # websocket-client hands a close frame over as "": the socket is done
+                return
             for line in frame.split("\n"):
+                if not line:
+                    continue
                 message = json.loads(line)
                 if message.get("op") == "message":
                     report_delivery(self, "WS", message.get("data"), len(line))

@@ -7,7 +7,8 @@ from .filters import FilterError
 from .hub import Hub
 from .priority import Priority
 from .topics import TopicError
+from . import client  # noqa: E402  (so `import hubbub` is enough for `hubbub.client.connect`)
 
 __all__ = ["NATIVE", "Hub", "Config", "ConfigError", "Priority", "Principal", "Request",
-           "HubError", "TopicError", "FilterError"]
+           "HubError", "TopicError", "FilterError", "client"]
 __version__ = "0.1.0"

@@ -31,13 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("topic")
     publish.add_argument("data", help="JSON")
     publish.add_argument("--event")
-    publish.add_argument("--url", default=None, help="hub base URL (default http://HOST:PORT)")
+    publish.add_argument("--url", default=None, help="hub base URL (default http://HUBBUB_HOST:HUBBUB_PORT)")
 
     commands.add_parser("config", help="print the effective configuration (secrets masked)")
 
     bench = commands.add_parser("bench", help="fan-out benchmark against the peers (pip install 'hubbub[bench]')")
     bench.add_argument("--quick", action="store_true", help="smaller runs, about two minutes")
     bench.add_argument("--out", default="bench/results", help="where tables, JSON and plots go")
+    bench.add_argument("--port-base", type=int, help="pin the servers' ports: PORT, PORT+1, ... (default: free)")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from .benchmark.run import main as bench_main
 
-        return bench_main((["--quick"] if args.quick else []) + ["--out", args.out])
+        return bench_main((["--quick"] if args.quick else []) + ["--out", args.out]
+                          + (["--port-base", str(args.port_base)] if args.port_base else []))
     return config_command()
 
 
@@ -83,6 +85,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
     from granian import Granian
     from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Granian caps concurrent connections per worker at backpressure
@@ -96,6 +99,9 @@ def serve_command(args: argparse.Namespace) -> int:
         ssl_cert=Path(config.tls_cert) if config.tls_cert else None,
         ssl_key=Path(config.tls_key) if config.tls_key else None,
         log_access=False,  # access lines would carry ?token= (see the README)
+        # A client that never finishes its request head (slowloris) is cut after
+        # HEAD_TIMEOUT on this port as on the fast port (Granian's default is 30 s).
+        http1_settings=HTTP1Settings(header_read_timeout=int(config.head_timeout * 1000)),
     )
     fast = config.effective_fast_port
     scheme = "https" if config.tls_cert else "http"

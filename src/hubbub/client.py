@@ -8,8 +8,13 @@
 
 The client reconnects by itself after a dropped connection (exponential
 backoff with jitter) and resumes every subscription from the last event id it
-saw, so the hub replays what was missed (or sends a ``reset``). It does not
-reconnect after 4401 (a new token is needed) or after ``close()``.
+saw, so the hub replays what was missed (or sends a ``reset``). A subscription
+that has seen no message yet resumes from the position the hub's subscribe
+ack gave it. Every failure to connect (refused, closed before the handshake,
+a non-101 answer such as a proxy's 502, a handshake timeout) goes through the
+same backoff and is logged; with ``max_retries`` the client gives up after
+that many failures in a row and iteration ends. It does not reconnect after
+4401 (a new token is needed) or after ``close()``.
 """
 from __future__ import annotations
 
@@ -22,13 +27,15 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import orjson
-from picows import WSListener, WSMsgType, ws_connect
+from picows import WSError, WSListener, WSMsgType, ws_connect
 
 from .errors import HubError
 
 log = logging.getLogger("hubbub.client")
 
 NO_RECONNECT = {4401}
+# What a failed connection attempt raises; each goes through backoff.
+CONNECT_FAILURES = (OSError, WSError, asyncio.TimeoutError, ConnectionError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,21 +82,30 @@ class _Listener(WSListener):
 class Client:
     def __init__(self, url: str, *, token: str | None = None, topics: list[str] = (),
                  reconnect: bool = True, backoff_base: float = 0.2, backoff_max: float = 10.0,
-                 request_timeout: float = 10.0) -> None:
+                 request_timeout: float = 10.0, max_retries: int | None = None) -> None:
         self.url = url
         self.token = token
         self.reconnect = reconnect
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.request_timeout = request_timeout
+        self.max_retries = max_retries
         self.last_id: str | None = None
         self.subscriptions: dict[str, Any] = {topic: None for topic in topics}
         self.reconnects = 0
+        self.last_error: Exception | None = None  # why the latest connection attempt failed
+        # Resume points: a subscription's ack position, valid until a message
+        # with an id arrives after it (then last_id is newer). Frames arrive in
+        # hub order, so a count of ids seen tells which came last.
+        self._ids_seen = 0
+        self._positions: dict[str, tuple[str, int]] = {}
+        self._subscribing: dict[int, str] = {}  # request id -> topic, for the ack's position
         self._messages: asyncio.Queue[Message | ConnectionClosed] = asyncio.Queue()
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._transport = None
         self._closed = False
+        self._finished = False  # the ConnectionClosed that ends iteration is queued
         self._connected = asyncio.Event()
         self._runner: asyncio.Task | None = None
 
@@ -102,7 +118,15 @@ class Client:
         await self.close()
 
     async def start(self) -> None:
-        listener = await self._dial(resume=False)
+        """Connect and subscribe. When the first attempt fails the client keeps
+        trying in the background (backoff) unless ``reconnect`` is off."""
+        try:
+            listener = await self._dial()
+        except CONNECT_FAILURES as error:
+            if not self.reconnect:
+                raise ConnectionError(f"cannot connect to {self.url}: {error!r}") from error
+            self._connect_failed(error, 1)
+            listener = None
         self._runner = asyncio.ensure_future(self._run(listener))
 
     async def close(self) -> None:
@@ -112,60 +136,120 @@ class Client:
             self._transport.disconnect()
         if self._runner is not None:
             await asyncio.wait([self._runner], timeout=5)
+            if not self._runner.done():  # asleep in a backoff
+                self._runner.cancel()
+        self._finish(ConnectionClosed(1000, "client closed"))
 
-    async def _dial(self, resume: bool) -> _Listener:
-        """Connect; the first time the topics ride in the query, on a reconnect
-        every subscription is renewed from the last event id seen."""
-        url = self._url(topics=[] if resume else list(self.subscriptions))
-        transport, listener = await ws_connect(lambda: _Listener(self), url, enable_auto_pong=True)
+    async def _dial(self) -> _Listener:
+        """Connect, then (re)subscribe every subscription from its resume point.
+
+        Raises one of CONNECT_FAILURES; a peer that closes before the handshake
+        makes picows return no listener, which is a failure like any other.
+        """
+        transport, listener = await ws_connect(lambda: _Listener(self), self._url(),
+                                               enable_auto_pong=True)
+        if transport is None or listener is None:
+            if transport is not None:
+                transport.disconnect()
+            raise ConnectionError("the peer closed the connection before the WebSocket handshake")
         self._transport = transport
         self._connected.set()
-        if resume:
-            for topic, tag_filter in self.subscriptions.items():
-                self._send({"op": "subscribe", "topic": topic, "filter": tag_filter,
-                            "since": self.last_id})
+        try:
+            for topic, tag_filter in list(self.subscriptions.items()):
+                try:
+                    await self._subscribe(topic, tag_filter, since=self._resume_point(topic))
+                except HubError as error:
+                    log.warning("hubbub client: subscribe %r refused: %s", topic, error)
+        except (ConnectionClosed, ConnectionError, asyncio.TimeoutError) as error:
+            transport.disconnect()
+            raise ConnectionError(f"connection lost while subscribing: {error!r}") from error
         return listener
 
-    def _url(self, topics: list[str]) -> str:
+    def _resume_point(self, topic: str) -> str | None:
+        position = self._positions.get(topic)
+        if position is not None and position[1] == self._ids_seen:
+            return position[0]  # nothing arrived since the ack: its position is the newest
+        return self.last_id
+
+    def _url(self) -> str:
         parts = urlsplit(self.url)
-        query = [("topic", topic) for topic in topics]
+        query = []
         if self.token:
             query.append(("token", self.token))
         extra = urlencode(query)
         merged = "&".join(q for q in (parts.query, extra) if q)
         return urlunsplit((parts.scheme, parts.netloc, parts.path, merged, ""))
 
-    async def _run(self, listener: _Listener) -> None:
-        attempt = 0
+    async def _run(self, listener: _Listener | None) -> None:
+        # Whatever goes wrong in here ends iteration with the reason, rather
+        # than leaving `async for` waiting on a task that died.
+        try:
+            await self._stay_connected(listener)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.exception("hubbub client: connection loop failed")
+            self._finish(ConnectionClosed(None, f"client failed: {error!r}"))
+
+    async def _stay_connected(self, listener: _Listener | None) -> None:
+        failures = 0 if listener is not None else 1
         while True:
-            await self._transport.wait_disconnected()
-            self._connected.clear()
-            self._fail_pending(ConnectionError("connection lost"))
-            code = listener.close_code
-            if self._closed or not self.reconnect or code in NO_RECONNECT:
-                self._messages.put_nowait(ConnectionClosed(code, listener.close_reason))
+            if listener is not None:
+                await self._transport.wait_disconnected()
+                self._connected.clear()
+                self._fail_pending(ConnectionError("connection lost"))
+                code = listener.close_code
+                if self._closed or not self.reconnect or code in NO_RECONNECT:
+                    self._finish(ConnectionClosed(code, listener.close_reason))
+                    return
+                listener = None
+            if self._closed:
+                self._finish(ConnectionClosed(1000, "client closed"))
                 return
-            while not self._closed:
-                delay = min(self.backoff_max, self.backoff_base * 2 ** attempt)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter spreads a storm
-                attempt += 1
-                try:
-                    listener = await self._dial(resume=True)
-                except OSError as error:
-                    log.info("reconnect failed: %s", error)
-                    continue
-                self.reconnects += 1
-                attempt = 0
-                break
+            if self.max_retries is not None and failures > self.max_retries:
+                self._finish(ConnectionClosed(None, f"gave up after {failures} failed connection"
+                                                    f" attempts; last: {self.last_error!r}"))
+                return
+            delay = min(self.backoff_max, self.backoff_base * 2 ** max(failures - 1, 0))
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter spreads a storm
+            try:
+                listener = await self._dial()
+            except CONNECT_FAILURES as error:
+                failures += 1
+                self._connect_failed(error, failures)
+                continue
+            self.reconnects += 1
+            failures = 0
+
+    def _connect_failed(self, error: Exception, failures: int) -> None:
+        self.last_error = error
+        log.warning("hubbub client: cannot connect to %s (attempt %d, retrying with backoff): %r",
+                    self.url, failures, error)
+
+    def _finish(self, closed: ConnectionClosed) -> None:
+        """End iteration once: every later read sees ``closed``."""
+        if not self._finished:
+            self._finished = True
+            self._messages.put_nowait(closed)
 
     # -- operations --------------------------------------------------------------
     async def subscribe(self, topic: str, *, filter: Any = None) -> None:
-        await self._request({"op": "subscribe", "topic": topic, "filter": filter})
+        await self._subscribe(topic, filter)
         self.subscriptions[topic] = filter
+
+    async def _subscribe(self, topic: str, tag_filter: Any, since: str | None = None) -> dict:
+        request_id = next(self._ids)
+        self._subscribing[request_id] = topic
+        try:
+            return await self._request({"op": "subscribe", "topic": topic, "filter": tag_filter,
+                                        "since": since}, request_id)
+        finally:
+            self._subscribing.pop(request_id, None)
 
     async def unsubscribe(self, topic: str) -> None:
         await self._request({"op": "unsubscribe", "topic": topic})
         self.subscriptions.pop(topic, None)
+        self._positions.pop(topic, None)
 
     async def publish(self, topic: str, data: Any, *, event: str | None = None,
                       ephemeral: bool = False) -> str | None:
@@ -195,11 +279,12 @@ class Client:
         return item
 
     # -- plumbing ------------------------------------------------------------------
-    async def _request(self, msg: dict) -> dict:
+    async def _request(self, msg: dict, request_id: int | None = None) -> dict:
         if self._closed:
             raise ConnectionClosed(1000, "client closed")
         await asyncio.wait_for(self._connected.wait(), self.request_timeout)
-        request_id = next(self._ids)
+        if request_id is None:
+            request_id = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         self._send({**{k: v for k, v in msg.items() if v is not None}, "id": request_id})
@@ -216,9 +301,13 @@ class Client:
         if op == "message":
             if msg.get("id") is not None:
                 self.last_id = msg["id"]
+                self._ids_seen += 1
             self._messages.put_nowait(Message("message", msg.get("topic"), msg.get("id"), msg.get("event"),
                                               msg.get("data"), msg.get("ts"), msg))
         elif op in ("ack", "pong", "presence") and msg.get("id") in self._pending:
+            topic = self._subscribing.get(msg["id"]) if op == "ack" else None
+            if topic is not None and isinstance(msg.get("position"), str):
+                self._positions[topic] = (msg["position"], self._ids_seen)
             future = self._pending[msg["id"]]
             if not future.done():
                 future.set_result(msg)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._core import DISCONNECT, DROP_OLDEST
+from .cors import parse_origins
 
 
 class ConfigError(ValueError):
@@ -66,6 +67,13 @@ class Config:
     tls_key: str = ""
     drain_timeout: float = 10.0
     flush_delay: float = 2.0  # milliseconds a busy hub may hold writes to batch them (SPEC 9)
+    # Seconds after SIGTERM during which the listeners stay up answering
+    # /healthz 503 and refusing new subscribers 503, so a load balancer sees
+    # the node leave before its port closes (see server.py).
+    drain_grace: float = 2.0
+    # Seconds a client has to send a complete request head, on both ports.
+    head_timeout: float = 10.0
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
@@ -113,7 +121,7 @@ class Config:
         if self.fast_port is not None:
             check("fast_port", 0 <= self.fast_port <= 65535, f"must be a TCP port or 0, got {self.fast_port}")
         for name in ("history_ttl", "heartbeat", "client_publish_rate", "presence_ttl", "drain_timeout",
-                     "connect_rate", "notification_ttl"):
+                     "connect_rate", "notification_ttl", "head_timeout"):
             value = getattr(self, name)
             check(name, value > 0, f"must be positive, got {value}")
         check("flush_delay", 0 <= self.flush_delay <= 1000,
@@ -127,6 +135,11 @@ class Config:
               f"must be sqlite:///PATH or a postgresql:// URL, got {self.store!r}")
         check("tls_key", bool(self.tls_cert) == bool(self.tls_key),
               "HUBBUB_TLS_CERT and HUBBUB_TLS_KEY must be set together")
+        check("drain_grace", self.drain_grace >= 0, f"must be 0 or more seconds, got {self.drain_grace}")
+        try:
+            parse_origins(self.cors_origins, self.dev)
+        except ValueError as error:
+            raise ConfigError(_variable("cors_origins"), str(error)) from None
         unknown = set(self.jwt_algorithms) - _KNOWN_ALGORITHMS
         check("jwt_algorithms", not unknown and "none" not in self.jwt_algorithms,
               f"unknown or unsafe algorithms {sorted(unknown)}")

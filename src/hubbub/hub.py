@@ -153,9 +153,10 @@ class Hub:
 
     def asgi(self):
         """The ASGI app serving every endpoint, to run alone or mount in a router."""
+        from .cors import CorsMiddleware, CorsPolicy
         from .transports.asgi import HubApp
 
-        return HubApp(self)
+        return CorsMiddleware(HubApp(self), CorsPolicy.of(self.config))  # SPEC 1: origins
 
     async def listen(self, host: str = "127.0.0.1", port: int = 0, *, ssl=None,
                      reuse_port: bool = False) -> "NativeServer":
@@ -315,7 +316,9 @@ class Hub:
         return self.history.recover(subscriptions, seq, self.config.recovery_max)
 
     def deliver(self, pub: Publication) -> str | None:
-        if self.draining:
+        # Draining refuses new subscribers at once, but publications still
+        # reach the connections kept open through the drain grace.
+        if self._stopping is not None:
             raise HubError(503, "hub is shutting down")
         event_id = None
         if not pub.ephemeral:

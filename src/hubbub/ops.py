@@ -182,7 +182,9 @@ class WSSession:
         if "topic" not in msg:
             raise HubError(400, "subscribe needs 'topic'")
         self.hub.subscribe(self.conn, msg["topic"], msg.get("filter"))
-        self.conn.send_control(wire.ws_op("ack", id=request_id))
+        # "position": the hub's newest id, a resume point for a client that
+        # gets no message before the connection drops (issue 14).
+        self.conn.send_control(wire.ws_op("ack", id=request_id, position=self.hub.last_event_id))
         if msg.get("since") is not None:
             self._recover([msg["topic"]], msg["since"])
 

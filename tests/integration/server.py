@@ -41,7 +41,9 @@ class HubProcess:
         self.port = free_port_pair()
         self.fast_port = self.port + 1
         self.env = {**os.environ, "HUBBUB_PORT": str(self.port), "HUBBUB_FAST_PORT": str(self.fast_port),
-                    "PYTHONUNBUFFERED": "1", **(env or {})}
+                    "PYTHONUNBUFFERED": "1",
+                    # Stops stay fast; test_drain.py sets a grace where it is the point.
+                    "HUBBUB_DRAIN_GRACE": "0", **(env or {})}
         self.dev = dev
         self.args = list(args)
         self.tls = tls  # an ssl.SSLContext trusting the hub's certificate, when it serves TLS

@@ -21,3 +21,16 @@ def test_every_contender_delivers_everything(tmp_path):
     assert "hubbub native ws" in report and "deliveries/s" in report
     assert (tmp_path / "throughput.png").stat().st_size > 1000
     assert (tmp_path / "latency_cdf.png").stat().st_size > 1000
+
+
+def test_titles_say_what_ran_and_ports_can_be_pinned(tmp_path):
+    from tests.integration.server import free_port_pair
+
+    base = free_port_pair()
+    assert run.main(["--smoke", "--out", str(tmp_path), "--only", "hubbub native ws",
+                     "--scenario", "idle-10k", "--scenario", "fanout-100", "--port-base", str(base)]) == 0
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "### 50 idle connections" in report and "10,000" not in report, report
+    assert "### 20 subscribers" in report
+    assert next(run._pinned_ports) == base + 2  # one pinned port per case, counting up
+    assert (tmp_path / "throughput.png").stat().st_size > 1000

@@ -60,3 +60,15 @@ def test_publish_command_goes_through_the_http_api(hub):
     assert bad.returncode == 1 and "400" in bad.stderr
     not_json = run(["publish", "cli.topic", "{nope", "--url", hub.base])
     assert not_json.returncode == 2
+
+
+def test_publish_follows_hubbub_port(hub):
+    result = run(["publish", "cli.port", '{"a": 1}'], {"HUBBUB_PORT": str(hub.port)})
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["ids"]) == 1
+
+
+def test_import_hubbub_is_enough_for_the_client():
+    result = subprocess.run([sys.executable, "-c", "import hubbub; print(hubbub.client.connect.__name__)"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.strip() == "connect", result.stderr

@@ -66,3 +66,147 @@ async def test_no_reconnect_after_close(hub):
     await client.close()
     with pytest.raises(ConnectionClosed):
         await client.next(5)
+
+
+# -- failures to connect, and resuming without any message seen (issues 10 and 14) -------
+class Misbehaving:
+    """A loopback server on ``port`` that accepts TCP and then answers ``reply``
+    (nothing: close before the handshake) and closes. Counts the attempts."""
+
+    def __init__(self, port: int, reply: bytes = b"") -> None:
+        self.port, self.reply, self.hits, self.server = port, reply, 0, None
+
+    async def __aenter__(self):
+        async def handle(reader, writer):
+            self.hits += 1
+            if self.reply:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(self.reply)
+            writer.close()
+        self.server = await asyncio.start_server(handle, "127.0.0.1", self.port, reuse_address=True)
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def _wait(predicate, timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+BAD_GATEWAY = b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+async def test_a_peer_closing_before_the_handshake_is_retried_until_the_hub_comes(tmp_path):
+    hub = HubProcess()
+    async with Misbehaving(hub.fast_port) as peer:
+        client = connect(hub.url("native", "/ws", "ws"), topics=["mb.a"], backoff_base=0.05, backoff_max=0.2)
+        await client.start()  # no exception, no silent death: it keeps trying
+        await _wait(lambda: peer.hits >= 3)
+        assert isinstance(client.last_error, ConnectionError)
+    hub.start(tmp_path)
+    try:
+        await _wait(lambda: hub.stats()["subscriptions"] == 1)
+        hub.publish({"topic": "mb.a", "data": "finally"})
+        async with asyncio.timeout(5):
+            async for message in client:
+                assert message.kind == "message" and message.data == "finally"
+                break
+    finally:
+        await client.close()
+        hub.stop()
+
+
+async def test_a_502_during_a_deploy_goes_through_backoff(tmp_path):
+    first = HubProcess().start(tmp_path)
+    client = connect(first.url("native", "/ws", "ws"), topics=["mb.b"], backoff_base=0.05, backoff_max=0.2)
+    await client.start()
+    first.stop()
+    async with Misbehaving(first.fast_port, BAD_GATEWAY) as proxy:
+        await _wait(lambda: proxy.hits >= 3)
+        assert "502" in repr(client.last_error)
+    second = HubProcess()
+    second.port, second.fast_port = first.port, first.fast_port
+    second.env.update(HUBBUB_PORT=str(first.port), HUBBUB_FAST_PORT=str(first.fast_port))
+    second.start(tmp_path)
+    try:
+        await _wait(lambda: client.reconnects == 1 and second.stats()["subscriptions"] == 1)
+        second.publish({"topic": "mb.b", "data": "back"})
+        got = [await client.next(5), await client.next(5)]
+        assert [m.kind for m in got] == ["reset", "message"] and got[1].data == "back"
+    finally:
+        await client.close()
+        second.stop()
+
+
+async def test_max_retries_ends_iteration_with_the_reason():
+    hub = HubProcess()  # never started: only its free port is used
+    async with Misbehaving(hub.fast_port, BAD_GATEWAY):
+        client = connect(hub.url("native", "/ws", "ws"), backoff_base=0.01, max_retries=2)
+        await client.start()
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.next(10)
+        assert "gave up after 3" in closed.value.reason and "502" in closed.value.reason
+        async with asyncio.timeout(1):
+            assert [m async for m in client] == []  # iteration ends, it does not hang
+        await client.close()
+
+
+class CuttableProxy:
+    """A loopback TCP proxy to ``target`` whose connections can be cut (and new
+    ones closed at once while ``refusing``), to drop a client while the hub stays up."""
+
+    def __init__(self, target: int) -> None:
+        self.target, self.pipes, self.refusing = target, set(), False
+
+    async def start(self) -> int:
+        async def pipe(reader, writer):
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(reader, writer):
+            if self.refusing:
+                writer.close()
+                return
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+            for task in (asyncio.ensure_future(pipe(reader, up_writer)),
+                         asyncio.ensure_future(pipe(up_reader, writer))):
+                self.pipes.add(task)
+                task.add_done_callback(self.pipes.discard)
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        for task in list(self.pipes):
+            task.cancel()
+        await asyncio.sleep(0.1)
+
+
+async def test_a_subscription_that_saw_no_message_resumes_from_its_ack_position(hub):
+    """Issue 14: nothing received yet, the connection drops, a publication lands
+    while the client is away: it is replayed on reconnect, not lost."""
+    p = "np" + uuid.uuid4().hex[:8]
+    proxy = CuttableProxy(hub.fast_port)
+    port = await proxy.start()
+    client = connect(f"ws://127.0.0.1:{port}/ws", topics=[f"{p}.a"], backoff_base=0.1, backoff_max=0.3)
+    await client.start()
+    try:
+        proxy.refusing = True
+        await proxy.cut()
+        hub.publish({"topic": f"{p}.a", "data": "while away"})
+        proxy.refusing = False
+        message = await client.next(10)
+        assert message.kind == "message" and message.data == "while away"
+        assert client.reconnects == 1
+    finally:
+        await client.close()
+        proxy.server.close()

@@ -42,3 +42,36 @@ async def test_sigterm_drains_both_ports(make_hub):
     await client.aclose()
     assert hub.proc.wait(15) == 0
     assert time.monotonic() - started < 15
+
+
+async def test_drain_is_observable_by_a_load_balancer(make_hub):
+    """From SIGTERM on, for DRAIN_GRACE seconds, the ports stay open: /healthz
+    answers 503 and new subscribers get 503, while existing ones are still served;
+    then they get 1001 and the process exits."""
+    hub = make_hub(env={"HUBBUB_DRAIN_GRACE": "3", "HUBBUB_DRAIN_TIMEOUT": "5"})
+    ws = await ws_connect(hub.url("native", "/ws?topic=g.a", "ws")).__aenter__()
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    hub.proc.send_signal(signal.SIGTERM)
+    async with httpx.AsyncClient(timeout=5) as client:
+        await asyncio.sleep(0.5)
+        health = await client.get(hub.base + "/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "draining"
+        for kind in ("asgi", "native"):
+            refused = await client.get(hub.url(kind, "/sse?topic=g.a"))
+            assert refused.status_code == 503, (kind, refused.text)
+        assert (await client.get(hub.url("asgi", "/poll?topic=g.a&timeout=0"))).status_code == 503
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with ws_connect(hub.url("native", "/ws?topic=g.a", "ws")):
+                pass
+        assert refused.value.response.status_code == 503
+        await ws.send('{"op":"ping","id":1}')  # the connection from before is still served
+        assert (await ws_messages(ws, 1))[0] == {"op": "pong", "id": 1}
+        assert time.monotonic() - started < 3  # all of the above inside the grace
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        async with asyncio.timeout(10):
+            while True:
+                await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert time.monotonic() - started >= 2.5
+    assert hub.proc.wait(15) == 0

@@ -29,5 +29,7 @@ def test_locust_headless_run(tmp_path):
             assert int(deliveries["Request Count"]) > 50, (kind, deliveries)
         assert int(rows[("WS", "connect")]["Failure Count"]) == 0
         assert (tmp_path / "report.html").stat().st_size > 1000
+        # Users stop cleanly: no traceback per WS user at the end (the close frame is not JSON).
+        assert "Traceback" not in result.stderr and "JSONDecodeError" not in result.stderr, result.stderr[-3000:]
     finally:
         hub.stop()

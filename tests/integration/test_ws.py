@@ -16,9 +16,11 @@ def topic_prefix() -> str:
 
 async def test_subscribe_publish_ack_and_delivery(hub, port_kind):
     p = topic_prefix()
+    newest = hub.publish({"topic": f"{p}-before", "data": 0})[0]
     async with ws_connect(hub.url(port_kind, "/ws", "ws")) as ws:
         await ws.send(json.dumps({"op": "subscribe", "topic": f"{p}.*", "id": 1}))
-        assert await ws_messages(ws, 1) == [{"op": "ack", "id": 1}]
+        # A subscribe ack carries the stream position: the hub's newest id.
+        assert await ws_messages(ws, 1) == [{"op": "ack", "id": 1, "position": newest}]
         await ws.send(json.dumps({"op": "publish", "topic": f"{p}.x", "data": {"n": 1}, "id": "p1"}))
         ack, message = await ws_messages(ws, 2)
         assert ack["op"] == "ack" and ack["id"] == "p1" and isinstance(ack["event_id"], str)
@@ -77,7 +79,8 @@ async def test_unsubscribe_stops_delivery(hub, port_kind):
     async with ws_connect(hub.url(port_kind, "/ws", "ws")) as ws:
         await ws.send(json.dumps({"op": "subscribe", "topic": p, "id": 1}))
         await ws.send(json.dumps({"op": "unsubscribe", "topic": p, "id": 2}))
-        assert await ws_messages(ws, 2) == [{"op": "ack", "id": 1}, {"op": "ack", "id": 2}]
+        sub_ack, unsub_ack = await ws_messages(ws, 2)
+        assert sub_ack["op"] == "ack" and sub_ack["id"] == 1 and unsub_ack == {"op": "ack", "id": 2}
         hub.publish({"topic": p, "data": "after"})
         await ws.send(json.dumps({"op": "ping", "id": 3}))
         assert await ws_messages(ws, 1) == [{"op": "pong", "id": 3}]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -72,20 +73,27 @@ def scenarios(quick: bool, smoke: bool = False) -> list[dict]:
                      rate=0) for s in scenarios(True) if not s.get("needs_fds")]
     scale = 0.2 if quick else 1.0
     return [
-        {"name": "fanout-1k", "title": "1,000 subscribers, saturated publishing (100 B)",
+        {"name": "fanout-1k", "title": "{clients:,} subscribers, saturated publishing (100 B)",
          "clients": 1000, "count": int(500 * scale), "rate": 0, "burst": SATURATED_BURST},
-        {"name": "fanout-100", "title": "100 subscribers, saturated publishing (100 B)",
+        {"name": "fanout-100", "title": "{clients:,} subscribers, saturated publishing (100 B)",
          "clients": 100, "count": int(5000 * scale), "rate": 0, "burst": SATURATED_BURST},
-        {"name": "latency-1k", "title": "1,000 subscribers x 100 msg/s steady (latency)",
+        {"name": "latency-1k", "title": "{clients:,} subscribers x 100 msg/s steady (latency)",
          "clients": 1000, "count": int(1000 * scale), "rate": 100, "burst": 1},
-        {"name": "idle-10k", "title": "10,000 idle connections (RSS per connection)",
+        {"name": "idle-10k", "title": "{clients:,} idle connections (RSS per connection)",
          "clients": 2000 if quick else 10000, "count": 0, "rate": 0, "burst": 1, "idle": True},
-        {"name": "idle-100k", "title": "100,000 idle connections", "clients": 100_000, "count": 0,
+        {"name": "idle-100k", "title": "{clients:,} idle connections", "clients": 100_000, "count": 0,
          "rate": 0, "burst": 1, "idle": True, "needs_fds": 210_000},
     ]
 
 
+# --port-base pins the ports (one per case, counting up) for firewalls and
+# reproducible runs; without it each case takes a free port.
+_pinned_ports: "itertools.count | None" = None
+
+
 def _free_port() -> int:
+    if _pinned_ports is not None:
+        return next(_pinned_ports)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -193,7 +201,7 @@ def _fmt(value, unit="", digits=2):
 
 
 def table(scenario: dict, rows: list[dict]) -> str:
-    lines = [f"### {scenario['title']}", ""]
+    lines = [f"### {scenario['title'].format(clients=scenario['clients'])}", ""]
     if scenario.get("idle"):
         lines += ["| contender | connections | RSS per connection |", "| --- | --- | --- |"]
         for r in rows:
@@ -221,18 +229,24 @@ def plots(results: dict[str, list[dict]], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for contender in CONTENDERS:
-        points = [(r["clients"], r.get("deliveries_per_s", 0)) for name in ("fanout-100", "fanout-1k")
-                  for r in results.get(name, []) if r["contender"] == contender and "error" not in r]
-        if points:
-            ax.plot(*zip(*sorted(points)), marker="o", label=contender)
-    ax.set_xscale("log")
+    # Grouped bars: one group per subscriber count, one bar per contender (two
+    # x-values joined by lines on log-log axes read as a trend that is not there).
+    fig, ax = plt.subplots(figsize=(10, 5))
+    groups = [name for name in ("fanout-100", "fanout-1k") if results.get(name)]
+    contenders = [c for c in CONTENDERS if any(r["contender"] == c and "error" not in r
+                                               for g in groups for r in results[g])]
+    width = 0.8 / max(len(contenders), 1)
+    for i, contender in enumerate(contenders):
+        heights = [next((r.get("deliveries_per_s") or 0 for r in results[g]
+                         if r["contender"] == contender and "error" not in r), 0) for g in groups]
+        ax.bar([g + i * width for g in range(len(groups))], heights, width, label=contender)
+    ax.set_xticks([g + width * (len(contenders) - 1) / 2 for g in range(len(groups))])
+    ax.set_xticklabels([f"{results[g][0].get('clients', '?'):,} subscribers" if isinstance(
+        results[g][0].get("clients"), int) else g for g in groups])
     ax.set_yscale("log")  # the peers sit one to two orders of magnitude apart
-    ax.set_xlabel("subscribers")
     ax.set_ylabel("deliveries / s")
     ax.set_title("Fan-out throughput (saturated publishing, 100 B)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not over them
     path = out / "throughput.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     written.append(path)
@@ -262,9 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/results", help="where results go")
     parser.add_argument("--only", action="append", help="contender names to run (substring match)")
     parser.add_argument("--scenario", action="append", help="scenario names to run")
+    parser.add_argument("--port-base", type=int,
+                        help="pin the servers' ports: PORT, PORT+1, ... one per case (default: free ports)")
     parser.add_argument("--burst", type=int,
                         help=f"publications per event-loop turn in saturated runs ({SATURATED_BURST})")
     args = parser.parse_args(argv)
+    global _pinned_ports
+    _pinned_ports = itertools.count(args.port_base) if args.port_base else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

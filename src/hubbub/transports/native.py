@@ -29,6 +29,7 @@ from .. import wire
 from ..accesslog import log_access
 from ..auth import ANONYMOUS, Request
 from ..connection import CLOSE_INTERNAL, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_TOO_BIG, Connection
+from ..cors import CorsPolicy, head_lines
 from ..ops import WSSession
 from .http import SSE_HEADERS, error_body, open_sse
 
@@ -43,7 +44,6 @@ picows_log.setLevel(logging.WARNING)  # picows logs every accepted connection at
 picows_logger = logging.LoggerAdapter(picows_log, {})
 
 MAX_HEAD_BYTES = 16 << 10
-HEAD_TIMEOUT = 10.0  # seconds to send a complete request head
 MAX_HEADERS = 100
 # picows' read buffer starts at this size and grows when a frame needs it:
 # clients mostly listen, so small keeps idle connections cheap (16 KiB was
@@ -68,6 +68,7 @@ def http_response(status: int, payload: object, headers: list[tuple[str, str]] =
 class NativeServer:
     def __init__(self, hub: "Hub") -> None:
         self.hub = hub
+        self.cors = CorsPolicy.of(hub.config)
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
 
@@ -108,7 +109,8 @@ class _Sniffer(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         # A client that never finishes its request head must not hold a socket.
-        self.head_timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, transport.abort)
+        self.head_timer = asyncio.get_running_loop().call_later(self.server.hub.config.head_timeout,
+                                                                transport.abort)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -133,7 +135,18 @@ class _Sniffer(asyncio.Protocol):
         request = Request(path=url.path, headers=headers,
                           query=parse_qs(url.query, keep_blank_values=True), client=client)
         if url.path == "/ws" and headers.get("upgrade", "").lower() == "websocket":
+            if not self.server.cors.ws_allowed(headers):  # cross-site WebSocket hijacking
+                self._reply(403, "origin not allowed")
+                return
+            if self.server.hub.draining:  # a load balancer sees 503, not a closed socket
+                self._reply(503, "hub is shutting down")
+                return
             self._to_websocket(request)
+        elif url.path == "/sse" and method == "OPTIONS":  # CORS preflight
+            status, cors = self.server.cors.preflight(headers)
+            self.transport.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'No Content')}\r\n".encode()
+                                 + head_lines([*cors, ("connection", "close")]) + b"\r\n")
+            self.transport.close()
         elif url.path == "/sse" and method == "GET":
             stream = _SSEStream(self.server, request, self.transport)
             self.transport.set_protocol(stream)
@@ -231,6 +244,7 @@ class _SSEStream(asyncio.Protocol):
 
     async def _open_stream(self) -> None:
         hub = self.server.hub
+        cors = self.server.cors.response_headers(self.request.headers)
         sse = NativeSSETransport(self.transport)
         conn, opening = await open_sse(hub, self.request, lambda p: Connection(hub, wire.SSE, p, sse))
         self.request = None
@@ -240,11 +254,11 @@ class _SSEStream(asyncio.Protocol):
             return
         if conn is None:
             status, payload, headers = opening
-            self.transport.write(http_response(status, payload, headers))
+            self.transport.write(http_response(status, payload, [*headers, *cors]))
             self.transport.close()
             return
         self.conn = conn
-        self.transport.write(SSE_HEAD + opening)
+        self.transport.write(SSE_HEAD[:-2] + head_lines(cors) + b"\r\n" + opening)
         conn.flush()
 
     def data_received(self, data: bytes) -> None:
