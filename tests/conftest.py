@@ -37,3 +37,10 @@ CORES = [PURE] + ([NATIVE] if NATIVE else [])
 def core(request):
     """Each core-level test runs once per implementation."""
     return request.param
+
+
+def pytest_collection_modifyitems(items):
+    """Browser tests run last: Playwright's sync API keeps an event loop
+    running in the main thread while its browser is up, which breaks the
+    asyncio tests of any module collected after them."""
+    items.sort(key=lambda item: "tests/browser/" in item.nodeid.replace("\\", "/"))

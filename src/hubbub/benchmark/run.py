@@ -73,12 +73,19 @@ def scenarios(quick: bool, smoke: bool = False) -> list[dict]:
                      rate=0) for s in scenarios(True) if not s.get("needs_fds")]
     scale = 0.2 if quick else 1.0
     return [
-        {"name": "fanout-1k", "title": "{clients:,} subscribers, saturated publishing (100 B)",
-         "clients": 1000, "count": int(500 * scale), "rate": 0, "burst": SATURATED_BURST},
-        {"name": "fanout-100", "title": "{clients:,} subscribers, saturated publishing (100 B)",
-         "clients": 100, "count": int(5000 * scale), "rate": 0, "burst": SATURATED_BURST},
-        {"name": "latency-1k", "title": "{clients:,} subscribers x 100 msg/s steady (latency)",
+        # The headline shape: publications arrive one per loop turn (one HTTP
+        # request, one client frame, one backplane message each), as fast as
+        # the server takes them.
+        {"name": "single-1k", "title": "{clients:,} subscribers, one publication per loop turn, saturated (100 B)",
+         "clients": 1000, "count": int(2000 * scale), "rate": 0, "burst": 1},
+        {"name": "fanout-1k", "title": "{clients:,} subscribers, bursts of %d publications per loop turn (100 B)"
+         % SATURATED_BURST, "clients": 1000, "count": int(500 * scale), "rate": 0, "burst": SATURATED_BURST},
+        {"name": "fanout-100", "title": "{clients:,} subscribers, bursts of %d publications per loop turn (100 B)"
+         % SATURATED_BURST, "clients": 100, "count": int(5000 * scale), "rate": 0, "burst": SATURATED_BURST},
+        {"name": "latency-1k", "title": "{clients:,} subscribers x 100 msg/s steady, one per loop turn (latency)",
          "clients": 1000, "count": int(1000 * scale), "rate": 100, "burst": 1},
+        {"name": "lowload-1k", "title": "{clients:,} subscribers x 1 msg/s, one per loop turn (latency at low load)",
+         "clients": 1000, "count": max(5, int(20 * scale)), "rate": 1, "burst": 1},
         {"name": "idle-10k", "title": "{clients:,} idle connections (RSS per connection)",
          "clients": 2000 if quick else 10000, "count": 0, "rate": 0, "burst": 1, "idle": True},
         {"name": "idle-100k", "title": "{clients:,} idle connections", "clients": 100_000, "count": 0,
@@ -294,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     for scenario in scenarios(args.quick, args.smoke):
         if args.scenario and scenario["name"] not in args.scenario:
             continue
-        if args.burst and not scenario["rate"]:
+        if args.burst and not scenario["rate"] and scenario["burst"] > 1:
             scenario["burst"] = args.burst
         names = IDLE_CONTENDERS if scenario.get("idle") else list(CONTENDERS)
         if args.only:
