@@ -2,6 +2,8 @@
 
     python node.py URL PREFIX publish COUNT TOTAL  -> publishes COUNT (8 at a time), waits
         until it has received TOTAL publications, prints them as JSON lines and exits
+    python node.py URL PREFIX blast COUNT SIZE     -> publishes COUNT publications of SIZE
+        bytes (32 at a time, retrying a 503), prints the acknowledged seqs as JSON and exits
     python node.py URL PREFIX present TOPIC USER TTL -> marks USER present on TOPIC, prints
         "ready" and stays until killed
 
@@ -14,7 +16,7 @@ import asyncio
 import json
 import sys
 
-from hubbub.backplane import RedisBroker
+from hubbub.backplane import BackplaneUnavailable, RedisBroker
 
 
 async def publish(broker: RedisBroker, count: int, total: int) -> None:
@@ -43,6 +45,25 @@ async def publish(broker: RedisBroker, count: int, total: int) -> None:
     print(json.dumps({"acked": acked, "received": received}), flush=True)
 
 
+async def blast(broker: RedisBroker, count: int, size: int) -> None:
+    await broker.start(lambda seq, payload: None)
+    sem = asyncio.Semaphore(32)
+    acked = []
+
+    async def one(i: int) -> None:
+        async with sem:
+            while True:
+                try:
+                    acked.append((await broker.publish(b"%08d" % i + b"x" * (size - 8)))[1])
+                    return
+                except BackplaneUnavailable:  # this node's own subscription was dropped too
+                    await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    await broker.stop()
+    print(json.dumps(acked), flush=True)
+
+
 async def present(broker: RedisBroker, topic: str, user: str) -> None:
     await broker.start(lambda seq, payload: None)
     await broker.presence_update(topic, user, {"node": broker.node}, 1)
@@ -56,6 +77,8 @@ def main() -> None:
     broker = RedisBroker(url, prefix=prefix, presence_ttl=float(args[2]) if mode == "present" else 30.0)
     if mode == "publish":
         asyncio.run(publish(broker, int(args[0]), int(args[1])))
+    elif mode == "blast":
+        asyncio.run(blast(broker, int(args[0]), int(args[1])))
     else:
         asyncio.run(present(broker, args[0], args[1]))
 

@@ -121,12 +121,14 @@ class RedisBroker(Broker):
         self.stream_length = stream_length or stream_length_for(history_size)
         self.history_ttl = max(1, math.ceil(history_ttl))
         self.presence_ttl = presence_ttl
+        self._presence_ttl_ms = max(1, int(presence_ttl * 1000))
         self.timeout = timeout
         self.channel = f"{prefix}publications"
         self._epoch_key, self._seq_key, self._stream = (f"{prefix}epoch", f"{prefix}seq",
                                                         f"{prefix}stream")
         self._nodes_key = f"{prefix}nodes"
         self._epoch_keys = [self._epoch_key, self._seq_key, self._stream]
+        self.reconnects = 0  # subscriptions re-established after a loss (for stats and tests)
         self._last = 0  # the newest seq handed to on_publication
         self._epoch_b = b""
         self._candidate = secrets.token_hex(4)  # the epoch to create if Redis lost its data
@@ -152,6 +154,7 @@ class RedisBroker(Broker):
         self._presence_lock = asyncio.Lock()
         self._pubsub = None
         self._tasks: list[asyncio.Task] = []
+        self._stopping = False
         self._on_publication: OnPublication | None = None
         self._on_epoch_change: OnEpochChange | None = None
         self._on_gap: OnGap | None = None
@@ -180,13 +183,15 @@ class RedisBroker(Broker):
                        asyncio.ensure_future(self._heartbeats())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        self._stopping = True
+        pending = set(self._tasks)
+        while pending:
+            # Cancel again if need be: a cancel that lands inside a redis-py
+            # command can come out as a connection error, which the loops
+            # survive; they also stop on their own once they see _stopping.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         self._tasks = []
         self.healthy = False  # stopped, not unreachable: nothing to warn about
         try:  # leave presence now rather than after PRESENCE_TTL
@@ -236,10 +241,7 @@ class RedisBroker(Broker):
                 args=[self._candidate, self.stream_length, self.history_ttl, self.channel, payload])
         except _UNREACHABLE as error:
             raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
-        epoch = epoch.decode()
-        if epoch == self._candidate:
-            self._candidate = secrets.token_hex(4)
-        return epoch, seq
+        return self._epoch_seen(epoch), seq
 
     # -- the subscription -----------------------------------------------------
     async def _connect(self, backfill: int | None = None):
@@ -254,7 +256,7 @@ class RedisBroker(Broker):
             await pubsub.subscribe(self.channel)
             await asyncio.wait_for(pubsub.get_message(timeout=None), self.timeout)  # the confirmation
             epoch, seq_now = await self._ensure_epoch(keys=self._epoch_keys, args=[self._candidate])
-            epoch = epoch.decode()
+            epoch = self._epoch_seen(epoch)
             if backfill is not None:  # first start: resume `backfill` publications back
                 self.epoch, self._epoch_b = epoch, epoch.encode()
                 self._last = max(seq_now - backfill, 0)
@@ -269,10 +271,16 @@ class RedisBroker(Broker):
         self._pubsub = pubsub
         return pubsub
 
+    def _epoch_seen(self, epoch: bytes) -> str:
+        epoch = epoch.decode()
+        if epoch == self._candidate:  # it was created from it: the next loss needs a new one
+            self._candidate = secrets.token_hex(4)
+        return epoch
+
     async def _subscriber(self, pubsub) -> None:
         """Listen; on any failure go unhealthy and reconnect with backoff and jitter."""
         delay = BACKOFF_MIN
-        while True:
+        while not self._stopping:
             if pubsub is None:
                 try:
                     pubsub = await self._connect()
@@ -282,6 +290,7 @@ class RedisBroker(Broker):
                     delay = min(delay * 2, BACKOFF_MAX)
                     continue
                 delay = BACKOFF_MIN
+                self.reconnects += 1
                 # Connections pooled before the outage are dead; drop the idle ones.
                 await self._redis.connection_pool.disconnect(inuse_connections=False)
                 self._set_health(True)
@@ -379,7 +388,7 @@ class RedisBroker(Broker):
                     pipe.hdel(key, user)
                 else:
                     pipe.hset(key, user, orjson.dumps(entry))
-                    pipe.expire(key, math.ceil(self.presence_ttl))
+                    pipe.pexpire(key, self._presence_ttl_ms)
                 await pipe.execute()
             except _UNREACHABLE:
                 self._presence_missed(topic)
@@ -412,22 +421,24 @@ class RedisBroker(Broker):
         # Three beats per PRESENCE_TTL (at most 5 s apart, so a hung Redis is
         # noticed quickly): one lost beat does not make a live node look dead.
         every = min(self.presence_ttl / 3, 5.0)
-        while True:
+        while not self._stopping:
             await asyncio.sleep(every)
             try:
                 await self._heartbeat()
             except _UNREACHABLE as error:
                 self._presence_dirty = True
-                if self.healthy:  # the subscription may sit on a socket that says nothing
+                # The subscription may sit on a socket that says nothing (a hung Redis).
+                if self.healthy and not self._stopping:
                     log.warning("backplane heartbeat failed: %s", error)
                     self._set_health(False)
                     if self._pubsub is not None:
                         await self._pubsub.connection.disconnect()
 
     async def _heartbeat(self) -> None:
-        ttl = math.ceil(self.presence_ttl)
+        ttl = self._presence_ttl_ms
         async with self._presence_lock:
-            fresh = await self._heartbeat_script(keys=[self._nodes_key], args=[self.node, ttl])
+            fresh = await self._heartbeat_script(keys=[self._nodes_key],
+                                                 args=[self.node, self.presence_ttl])
             rewrite = bool(fresh) or self._presence_dirty
             if not rewrite and not self._presence.topics:
                 return
@@ -440,7 +451,7 @@ class RedisBroker(Broker):
                 if rewrite:  # Redis lost it, or missed updates while unreachable
                     pipe.delete(key)
                     pipe.hset(key, mapping={u: orjson.dumps(e) for u, e in users.items()})
-                pipe.expire(key, ttl)
+                pipe.pexpire(key, ttl)
             await pipe.execute()
             if rewrite:
                 self._presence_dirty = False
