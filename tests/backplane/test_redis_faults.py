@@ -50,6 +50,14 @@ async def test_outage_fails_publishes_spends_no_cpu_and_recovers_in_a_new_epoch(
         await wait_until(lambda: node.seqs() == [1], what="the first publication of the new epoch")
         assert node.seqs(old_epoch) == [1, 2, 3]
         assert node.broker.reconnects == 1
+
+        second_epoch = node.broker.epoch  # a second loss must not reuse any earlier epoch
+        redis_server.kill()
+        await wait_until(lambda: not node.broker.healthy, timeout=2, what="healthy to turn False")
+        redis_server.start()
+        await wait_until(lambda: node.broker.healthy, timeout=10, what="the second reconnect")
+        assert node.broker.epoch not in (old_epoch, second_epoch)
+        assert node.epochs == [second_epoch, node.broker.epoch]
     finally:
         await node.broker.stop()
 
