@@ -1,0 +1,130 @@
+"""The backplane: one publish path, in one process or across a fleet (SPEC 13).
+
+The interface (``Broker``)
+--------------------------
+The hub hands every validated publication, encoded as opaque bytes, to the
+broker and delivers what the broker gives back::
+
+    await broker.start(on_publication, backfill=N, on_epoch_change=f, on_gap=g)
+    await broker.publish(payload, ephemeral=False) -> (epoch, seq) | None
+    await broker.stop()
+    broker.epoch, broker.healthy
+    await broker.remember_idempotency(key, ids, ttl) -> ids stored first | None
+    await broker.presence_update(topic, user, info, delta)   # delta = +1 / -1 connection
+    await broker.presence_list(topic) -> {user: {"info": ..., "connections": n}}
+
+- ``on_publication(seq, payload)`` is called for every publication of the
+  fleet, this node's own included, exactly once and in strictly increasing
+  seq order (``seq`` is None for an ephemeral one, which is never kept or
+  numbered). ``broker.epoch`` is the epoch of the publication being
+  delivered: the hub's event id is ``f"{broker.epoch}-{seq}"``.
+- ``publish`` returns ``(epoch, seq)`` rather than a bare seq: the id a
+  publisher reports must carry the epoch it was numbered in, even if this
+  node's subscriber has not yet heard that the epoch changed. It raises
+  ``BackplaneUnavailable`` (a HubError 503) when it cannot publish; it never
+  accepts and then drops.
+- ``start(backfill=N)`` replaces a separate ``backfill()`` call: a node that
+  starts late gets the newest N kept publications through ``on_publication``
+  before ``start`` returns, then everything after them, then live ones, with
+  no overlap and no hole for the hub to merge. (At start the hub has no
+  subscribers, so those deliveries only fill its history.)
+- ``on_gap(upto)``: every publication with seq <= ``upto`` that was not
+  delivered never will be (a late start before the kept range, or a node
+  that fell behind further than the stream keeps). The hub treats ids below
+  it as not covered (``history_gap``), never as an empty replay.
+- ``on_epoch_change(epoch)``: Redis lost its data; seqs start again at 1 in
+  the new epoch and every older id must get ``history_gap``.
+
+``MemoryBroker`` (BACKPLANE=memory) numbers locally and calls
+``on_publication`` inside ``publish``: today's single-process cost.
+``RedisBroker`` is the fleet.
+
+Redis keys and channel (``prefix`` default ``hubbub:``)
+-------------------------------------------------------
+- ``{prefix}epoch``  string, the id space; ``SET`` when missing (first start,
+  or Redis lost its data: then seq and stream are cleared with it).
+- ``{prefix}seq``    the fleet-wide counter (INCR).
+- ``{prefix}stream`` stream of publications, entry id ``{seq}-0``, field
+  ``p`` = payload; ``MAXLEN ~ stream_length_for(HISTORY_SIZE)`` =
+  max(10 x HISTORY_SIZE, 10,000), ``EXPIRE HISTORY_TTL`` refreshed on every
+  publish. It serves late-start backfill and gap filling after a reconnect.
+- channel ``{prefix}publications``: ``{epoch}:{seq}:{payload}`` (``-:0:`` for
+  ephemeral ones).
+- ``{prefix}idempotency:{key}`` the JSON ids, ``SET`` only if absent, PX ttl.
+- ``{prefix}nodes`` zset node -> heartbeat expiry (Redis server time).
+- ``{prefix}presence:{node}:{topic}`` hash user -> JSON [connections, info],
+  EXPIRE PRESENCE_TTL, refreshed by that node's heartbeat (every
+  min(PRESENCE_TTL/3, 5 s)). A listing reads only nodes whose heartbeat is
+  live, so a SIGKILLed node leaves presence within PRESENCE_TTL. A node
+  whose entry had vanished (Redis restart) writes its presence again.
+
+Keys are built inside scripts, so this is for one Redis (or a Sentinel
+primary), not Redis Cluster.
+
+Why one channel, broadcast to every node, matched locally
+---------------------------------------------------------
+Subscriptions use wildcards (``*``, ``>``) and tag filters that Redis
+channels cannot express; a channel per topic would need PSUBSCRIBE patterns
+translated per subscription and a SUBSCRIBE/UNSUBSCRIBE on every local
+subscription change, and ordering across channels would be lost. One
+channel keeps one fleet-wide order (the seq), costs one PUBLISH per
+publication, and each node already has the trie that matches locally. The
+cost is that every node receives every publication: fine for the fleets
+this is for (a handful of nodes); a large fleet with disjoint audiences
+would want sharding, which this does not do.
+
+Per publication
+---------------
+One round trip: ``EVALSHA`` of one script running GET epoch, INCR, XADD
+(MAXLEN ~), EXPIRE, PUBLISH. Bytes: the payload goes to Redis once (plus
+~120 bytes of command), is stored once in the stream, and goes out once to
+each node's subscription (plus ``epoch:seq:``, ~15 bytes). An ephemeral
+publication is one PUBLISH, stored nowhere. ``bench/backplane.py`` measures
+it.
+
+Slow or unreachable Redis; bounded everywhere
+----------------------------------------------
+- Publish: a bounded connection pool (``pool_size``); a publisher waits at
+  most ``timeout`` for a connection and for the reply, then gets 503. No
+  redis-py retries: a script retried after a lost reply could run twice.
+- Subscription: each message is delivered in the subscriber task as it is
+  read; there is no queue in the node. A node that cannot keep up leaves
+  the backlog in its socket and then in Redis's output buffer for the
+  connection; past Redis's ``client-output-buffer-limit pubsub`` Redis
+  disconnects it, the node reconnects and catches up from the stream in
+  batches of 1,000 (XRANGE), and if the stream no longer holds what it
+  missed it reports ``on_gap`` (clients then get ``history_gap``/``reset``,
+  never a silent hole).
+- Outage: ``healthy`` turns False as soon as the subscription breaks (or a
+  heartbeat fails, for a Redis that hangs without closing the socket);
+  publishes then fail at once with 503 without touching the network; the
+  subscriber reconnects with exponential backoff (50 ms doubling to 5 s,
+  jittered) and is healthy again once it has caught up. Nothing spins while
+  Redis is down.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .base import BackplaneUnavailable, Broker
+from .memory import MemoryBroker
+
+__all__ = ["BackplaneUnavailable", "Broker", "MemoryBroker", "RedisBroker", "broker_for"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisBroker":  # redis is an optional extra: import it only when asked for
+        from .redis_broker import RedisBroker
+
+        return RedisBroker
+    raise AttributeError(name)
+
+
+def broker_for(config: Any) -> Broker:
+    """The broker a Config asks for (``config.backplane``)."""
+    if config.backplane == "memory":
+        return MemoryBroker()
+    from .redis_broker import RedisBroker
+
+    return RedisBroker(config.backplane, history_size=config.history_size,
+                       history_ttl=config.history_ttl, presence_ttl=config.presence_ttl)

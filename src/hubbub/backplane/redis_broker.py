@@ -1,0 +1,458 @@
+"""The Redis broker (BACKPLANE=redis://...): every worker and node is one hub.
+
+See the package docstring for the keys, the channel and the guarantees.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import secrets
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from .base import BackplaneUnavailable, Broker, LocalPresence, OnEpochChange, OnGap, OnPublication
+
+log = logging.getLogger("hubbub.backplane")
+
+FILL_BATCH = 1000  # stream entries read per XRANGE when catching up: bounds one read's memory
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 5.0
+
+# Append, number and announce in one atomic step, so no two nodes hand out the
+# same seq and no subscriber hears of a seq the stream does not hold yet. A
+# missing epoch key means Redis lost its data: a new id space starts.
+PUBLISH = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+  redis.call('DEL', KEYS[2], KEYS[3])
+end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'p', ARGV[5])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+redis.call('PUBLISH', ARGV[4], epoch .. ':' .. seq .. ':' .. ARGV[5])
+return {epoch, seq}
+"""
+
+ENSURE_EPOCH = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+  redis.call('DEL', KEYS[2], KEYS[3])
+end
+return {epoch, tonumber(redis.call('GET', KEYS[2]) or '0')}
+"""
+
+REMEMBER = """
+local kept = redis.call('GET', KEYS[1])
+if kept then return kept end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+
+# Server time, so nodes' clocks need not agree. Returns 1 when this node was
+# absent or already counted dead: its presence must be written again.
+HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+if (not old) or tonumber(old) < now then return 1 end
+return 0
+"""
+
+# Forget dead nodes, then read the topic's hash of every live one.
+PRESENCE_LIST = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local out = {}
+for _, node in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local h = redis.call('HGETALL', ARGV[1] .. node .. ':' .. ARGV[2])
+  if #h > 0 then out[#out + 1] = h end
+end
+return out
+"""
+
+_UNREACHABLE = (RedisError, OSError)
+
+
+def stream_length_for(history_size: int) -> int:
+    """How many publications the shared stream keeps (approximately, MAXLEN ~).
+
+    The stream is fleet-wide while HISTORY_SIZE is per topic: ten times it
+    covers a full history for ten equally busy topics, and 10,000 at least
+    lets a node that was away for that many publications catch up.
+    """
+    return max(10 * history_size, 10_000)
+
+
+def masked(url: str) -> str:
+    """The URL with its password replaced, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class RedisBroker(Broker):
+    def __init__(self, url: str, *, prefix: str = "hubbub:", history_size: int = 1000,
+                 history_ttl: float = 3600.0, presence_ttl: float = 30.0,
+                 stream_length: int | None = None, timeout: float = 5.0,
+                 pool_size: int = 32) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.epoch = ""
+        self.healthy = False
+        self.node = secrets.token_hex(8)
+        self.stream_length = stream_length or stream_length_for(history_size)
+        self.history_ttl = max(1, math.ceil(history_ttl))
+        self.presence_ttl = presence_ttl
+        self._presence_ttl_ms = max(1, int(presence_ttl * 1000))
+        self.timeout = timeout
+        self.channel = f"{prefix}publications"
+        self._epoch_key, self._seq_key, self._stream = (f"{prefix}epoch", f"{prefix}seq",
+                                                        f"{prefix}stream")
+        self._nodes_key = f"{prefix}nodes"
+        self._epoch_keys = [self._epoch_key, self._seq_key, self._stream]
+        self.reconnects = 0  # subscriptions re-established after a loss (for stats and tests)
+        self._last = 0  # the newest seq handed to on_publication
+        self._epoch_b = b""
+        self._candidate = secrets.token_hex(4)  # the epoch to create if Redis lost its data
+        # No retries inside redis-py: a publish retried after a lost reply could
+        # run twice, and reconnecting is this class's job (with backoff).
+        no_retry = Retry(NoBackoff(), 0)
+        # Commands: a bounded pool; a caller waits at most `timeout` for a connection.
+        self._redis = Redis.from_pool(BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=timeout, socket_timeout=timeout,
+            socket_connect_timeout=timeout, retry=no_retry))
+        # The subscription: its own connection, no read timeout (it waits for publications).
+        self._sub_redis = Redis.from_pool(ConnectionPool.from_url(
+            url, socket_timeout=None, socket_connect_timeout=timeout, socket_keepalive=True,
+            retry=no_retry))
+        self._publish = self._redis.register_script(PUBLISH)
+        self._ensure_epoch = self._redis.register_script(ENSURE_EPOCH)
+        self._remember = self._redis.register_script(REMEMBER)
+        self._heartbeat_script = self._redis.register_script(HEARTBEAT)
+        self._presence_list = self._redis.register_script(PRESENCE_LIST)
+        self._presence = LocalPresence()
+        self._presence_dirty = False
+        self._presence_gone: set[str] = set()  # topics emptied here while Redis missed it
+        self._presence_lock = asyncio.Lock()
+        self._pubsub = None
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+        self._on_publication: OnPublication | None = None
+        self._on_epoch_change: OnEpochChange | None = None
+        self._on_gap: OnGap | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self, on_publication: OnPublication, *, backfill: int = 0,
+                    on_epoch_change: OnEpochChange | None = None,
+                    on_gap: OnGap | None = None) -> None:
+        """Connect, then deliver the newest ``backfill`` kept publications before returning.
+
+        Raises BackplaneUnavailable when Redis cannot be reached: a node does
+        not start as a hub of its own.
+        """
+        self._on_publication = on_publication
+        self._on_epoch_change = on_epoch_change
+        self._on_gap = on_gap
+        try:
+            await self._heartbeat()
+            pubsub = await self._connect(backfill=backfill)
+        except _UNREACHABLE as error:
+            await self._close_clients()
+            raise BackplaneUnavailable(f"cannot reach the backplane at {masked(self.url)}:"
+                                       f" {error}") from None
+        self._set_health(True)
+        self._tasks = [asyncio.ensure_future(self._subscriber(pubsub)),
+                       asyncio.ensure_future(self._heartbeats())]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        pending = set(self._tasks)
+        while pending:
+            # Cancel again if need be: a cancel that lands inside a redis-py
+            # command can come out as a connection error, which the loops
+            # survive; they also stop on their own once they see _stopping.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+        self._tasks = []
+        self.healthy = False  # stopped, not unreachable: nothing to warn about
+        try:  # leave presence now rather than after PRESENCE_TTL
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zrem(self._nodes_key, self.node)
+            for topic in self._presence.topics:
+                pipe.delete(self._presence_key(topic))
+            await pipe.execute()
+        except _UNREACHABLE:
+            pass
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+            self._pubsub = None
+        await self._redis.aclose()
+        await self._sub_redis.aclose()
+
+    def _set_health(self, healthy: bool) -> None:
+        if healthy != self.healthy:
+            self.healthy = healthy
+            if healthy:
+                log.info("backplane connected (%s, epoch %s)", masked(self.url), self.epoch)
+            else:
+                log.warning("backplane unreachable (%s): publishes fail with 503 until it is back",
+                            masked(self.url))
+
+    # -- publishing -----------------------------------------------------------
+    async def publish(self, payload: bytes, ephemeral: bool = False) -> tuple[str, int] | None:
+        """Publish to every node; returns (epoch, seq), or None when ephemeral.
+
+        Returns only once Redis holds the publication; raises
+        BackplaneUnavailable (503) otherwise. A publish whose reply was lost
+        (timeout) may still have been applied: the caller sees a 503 and a
+        retry may publish twice (the Idempotency-Key is for that), but an
+        acknowledged publication is never dropped.
+        """
+        if not self.healthy:
+            raise BackplaneUnavailable("backplane unavailable: Redis is unreachable")
+        try:
+            if ephemeral:  # not kept: announced only, seq 0
+                await self._redis.publish(self.channel, b"-:0:" + payload)
+                return None
+            epoch, seq = await self._publish(
+                keys=self._epoch_keys,
+                args=[self._candidate, self.stream_length, self.history_ttl, self.channel, payload])
+        except _UNREACHABLE as error:
+            raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
+        return self._epoch_seen(epoch), seq
+
+    # -- the subscription -----------------------------------------------------
+    async def _connect(self, backfill: int | None = None):
+        """Subscribe, learn the epoch and catch up from the stream; the pubsub, ready.
+
+        Subscribing before reading the stream means nothing published in
+        between is missed: it is either in what we read or in what we hear,
+        and what we hear twice is skipped by seq.
+        """
+        pubsub = self._sub_redis.pubsub()
+        try:
+            await pubsub.subscribe(self.channel)
+            await asyncio.wait_for(pubsub.get_message(timeout=None), self.timeout)  # the confirmation
+            epoch, seq_now = await self._ensure_epoch(keys=self._epoch_keys, args=[self._candidate])
+            epoch = self._epoch_seen(epoch)
+            if backfill is not None:  # first start: resume `backfill` publications back
+                self.epoch, self._epoch_b = epoch, epoch.encode()
+                self._last = max(seq_now - backfill, 0)
+                if self._last:
+                    self._gap(self._last)
+            elif epoch != self.epoch:
+                self._adopt(epoch)
+            await self._fill(seq_now)
+        except BaseException:
+            await pubsub.aclose()
+            raise
+        self._pubsub = pubsub
+        return pubsub
+
+    def _epoch_seen(self, epoch: bytes) -> str:
+        epoch = epoch.decode()
+        if epoch == self._candidate:  # it was created from it: the next loss needs a new one
+            self._candidate = secrets.token_hex(4)
+        return epoch
+
+    async def _subscriber(self, pubsub) -> None:
+        """Listen; on any failure go unhealthy and reconnect with backoff and jitter."""
+        delay = BACKOFF_MIN
+        while not self._stopping:
+            if pubsub is None:
+                try:
+                    pubsub = await self._connect()
+                except _UNREACHABLE + (asyncio.TimeoutError,) as error:
+                    log.debug("backplane reconnect failed: %s", error)
+                    await asyncio.sleep(random.uniform(delay / 2, delay))
+                    delay = min(delay * 2, BACKOFF_MAX)
+                    continue
+                delay = BACKOFF_MIN
+                self.reconnects += 1
+                # Connections pooled before the outage are dead; drop the idle ones.
+                await self._redis.connection_pool.disconnect(inuse_connections=False)
+                self._set_health(True)
+            try:
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        await self._receive(message["data"])
+            except _UNREACHABLE as error:
+                log.debug("backplane subscription lost: %s", error)
+            self._set_health(False)
+            self._pubsub = None
+            await pubsub.aclose()
+            pubsub = None
+            await asyncio.sleep(random.uniform(0, BACKOFF_MIN))
+
+    async def _receive(self, data: bytes) -> None:
+        epoch, seq, payload = data.split(b":", 2)
+        seq = int(seq)
+        if seq == 0:
+            self._deliver(None, payload)
+            return
+        if epoch != self._epoch_b:  # Redis lost its data and a node started a new epoch
+            self._adopt(epoch.decode())
+        if seq <= self._last:  # already read from the stream while catching up
+            return
+        if seq > self._last + 1:
+            await self._fill(seq - 1)
+        self._last = seq
+        self._deliver(seq, payload)
+
+    async def _fill(self, upto: int) -> None:
+        """Deliver the kept publications after the last one delivered, up to ``upto``."""
+        while self._last < upto:
+            entries = await self._redis.xrange(self._stream, min=f"{self._last + 1}-0",
+                                               max=f"{upto}-0", count=FILL_BATCH)
+            if not entries:
+                self._gap(upto)
+                return
+            for entry_id, fields in entries:
+                seq = int(entry_id.split(b"-", 1)[0])
+                if seq > self._last + 1:
+                    self._gap(seq - 1)
+                self._last = seq
+                self._deliver(seq, fields[b"p"])
+
+    def _deliver(self, seq: int | None, payload: bytes) -> None:
+        try:
+            self._on_publication(seq, payload)
+        except Exception:  # a bug in the hub must not stop delivery for the others
+            log.exception("on_publication failed for seq %s", seq)
+
+    def _adopt(self, epoch: str) -> None:
+        log.warning("backplane epoch changed %s -> %s: Redis lost its data", self.epoch, epoch)
+        self.epoch, self._epoch_b = epoch, epoch.encode()
+        self._last = 0
+        if self._on_epoch_change is not None:
+            self._on_epoch_change(epoch)
+
+    def _gap(self, upto: int) -> None:
+        self._last = upto
+        if self._on_gap is not None:
+            self._on_gap(upto)
+
+    # -- idempotency ----------------------------------------------------------
+    async def remember_idempotency(self, key: str, ids: list, ttl: float) -> list | None:
+        """Store ``ids`` under ``key`` unless it is there; the ids stored first if it was."""
+        if not self.healthy:
+            raise BackplaneUnavailable("backplane unavailable: Redis is unreachable")
+        try:
+            kept = await self._remember(keys=[f"{self.prefix}idempotency:{key}"],
+                                        args=[orjson.dumps(ids), max(1, int(ttl * 1000))])
+        except _UNREACHABLE as error:
+            raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
+        return None if kept is None else orjson.loads(kept)
+
+    # -- presence -------------------------------------------------------------
+    def _presence_key(self, topic: str) -> str:
+        return f"{self.prefix}presence:{self.node}:{topic}"  # node first: topics may hold ':'
+
+    async def presence_update(self, topic: str, user: str, info: Any, delta: int) -> None:
+        """Count ``delta`` connections of ``user`` on ``topic`` at this node.
+
+        Never raises for an outage: the local count is kept and written to
+        Redis again by the next heartbeat that gets through.
+        """
+        entry = self._presence.update(topic, user, info, delta)
+        if not self.healthy:
+            self._presence_missed(topic)
+            return
+        key = self._presence_key(topic)
+        async with self._presence_lock:  # one writer: a resync never overwrites a newer update
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                if entry is None:
+                    pipe.hdel(key, user)
+                else:
+                    pipe.hset(key, user, orjson.dumps(entry))
+                    pipe.pexpire(key, self._presence_ttl_ms)
+                await pipe.execute()
+            except _UNREACHABLE:
+                self._presence_missed(topic)
+
+    def _presence_missed(self, topic: str) -> None:
+        self._presence_dirty = True
+        if topic not in self._presence.topics:
+            self._presence_gone.add(topic)
+
+    async def presence_list(self, topic: str) -> dict[str, dict[str, Any]]:
+        """Users present on ``topic`` on every live node: {user: {"info", "connections"}}."""
+        if not self.healthy:
+            raise BackplaneUnavailable("backplane unavailable: Redis is unreachable")
+        try:
+            hashes = await self._presence_list(keys=[self._nodes_key],
+                                               args=[f"{self.prefix}presence:", topic])
+        except _UNREACHABLE as error:
+            raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
+        users: dict[str, dict[str, Any]] = {}
+        for flat in hashes:
+            for i in range(0, len(flat), 2):
+                count, info = orjson.loads(flat[i + 1])
+                seen = users.setdefault(flat[i].decode(), {"info": None, "connections": 0})
+                seen["connections"] += count
+                if seen["info"] is None:
+                    seen["info"] = info
+        return users
+
+    async def _heartbeats(self) -> None:
+        # Three beats per PRESENCE_TTL (at most 5 s apart, so a hung Redis is
+        # noticed quickly): one lost beat does not make a live node look dead.
+        every = min(self.presence_ttl / 3, 5.0)
+        while not self._stopping:
+            await asyncio.sleep(every)
+            try:
+                await self._heartbeat()
+            except _UNREACHABLE as error:
+                self._presence_dirty = True
+                # The subscription may sit on a socket that says nothing (a hung Redis).
+                if self.healthy and not self._stopping:
+                    log.warning("backplane heartbeat failed: %s", error)
+                    self._set_health(False)
+                    if self._pubsub is not None:
+                        await self._pubsub.connection.disconnect()
+
+    async def _heartbeat(self) -> None:
+        ttl = self._presence_ttl_ms
+        async with self._presence_lock:
+            fresh = await self._heartbeat_script(keys=[self._nodes_key],
+                                                 args=[self.node, self.presence_ttl])
+            rewrite = bool(fresh) or self._presence_dirty
+            if not rewrite and not self._presence.topics:
+                return
+            pipe = self._redis.pipeline(transaction=rewrite)
+            if rewrite:
+                for topic in self._presence_gone - self._presence.topics.keys():
+                    pipe.delete(self._presence_key(topic))
+            for topic, users in self._presence.topics.items():
+                key = self._presence_key(topic)
+                if rewrite:  # Redis lost it, or missed updates while unreachable
+                    pipe.delete(key)
+                    pipe.hset(key, mapping={u: orjson.dumps(e) for u, e in users.items()})
+                pipe.pexpire(key, ttl)
+            await pipe.execute()
+            if rewrite:
+                self._presence_dirty = False
+                self._presence_gone.clear()
