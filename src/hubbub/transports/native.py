@@ -28,6 +28,7 @@ from picows.picows import WSProtocol
 from .. import wire
 from ..accesslog import log_access
 from ..auth import ANONYMOUS, Request
+from ..logutil import RateLimitFilter
 from ..connection import CLOSE_INTERNAL, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_TOO_BIG, Connection
 from ..cors import CorsPolicy, head_lines
 from ..ops import WSSession
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hubbub.native")
 picows_log = logging.getLogger("hubbub.native.picows")
 picows_log.setLevel(logging.WARNING)  # picows logs every accepted connection at INFO
+picows_log.addFilter(RateLimitFilter())  # and an ERROR per malformed frame, which clients choose
 # Handed to picows as an adapter, not a Logger: given a Logger, picows builds
 # a child logger for every connection (about 2 KiB each, never freed).
 picows_logger = logging.LoggerAdapter(picows_log, {})
