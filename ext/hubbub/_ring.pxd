@@ -3,7 +3,7 @@
 cimport cython
 from cpython.ref cimport PyObject
 
-cdef enum:
+cpdef enum:
     QUEUED = 0
     WAKE = 1
     OVERFLOW = 2

@@ -15,6 +15,9 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 
 cdef enum:
     INITIAL_CAPACITY = 4  # lanes grow by doubling; most connections stay tiny
+    # A lane drained empty whose ring grew past this many slots gives its
+    # memory back: a burst must not leave every connection holding a big ring.
+    SHRINK_ABOVE = 64
 
 
 cdef int _lane_reserve(Lane* lane) except -1:
@@ -173,6 +176,8 @@ cdef class Outbox:
                 parts.append(self._pop(index))
                 taken += size
                 n += 1
+            if not lane.live and lane.mask >= SHRINK_ABOVE:
+                _lane_free(lane)  # only tombstones are left; the next push starts small
         if n == 1:
             return <bytes>parts[0]
         return self.separator.join(parts)

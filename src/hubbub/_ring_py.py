@@ -28,10 +28,12 @@ from __future__ import annotations
 
 from collections import deque
 
+# Mirrors the ``cpdef enum`` of ext/hubbub/_ring.pxd, the one source of these
+# numbers (tests/unit/test_native_loaded.py compares the two).
 QUEUED, WAKE, OVERFLOW = 0, 1, 2
 DROP_OLDEST, DISCONNECT = 0, 1
 CRITICAL = 3
-_LANES = 4
+LANES = 4
 
 
 class Outbox:
@@ -58,8 +60,8 @@ class Outbox:
         self.dropped_total = 0
         # Each entry is [frame, key]; a conflated-away entry becomes a
         # tombstone (frame None) and is skipped when reached.
-        self._lanes = [deque() for _ in range(_LANES)]
-        self._live = [0] * _LANES
+        self._lanes = [deque() for _ in range(LANES)]
+        self._live = [0] * LANES
         self._keys: dict = {}  # key -> (lane, entry)
         self.owner = None  # the connection whose writer drains this outbox
 
@@ -113,7 +115,7 @@ class Outbox:
         """Pop one batch (at least one frame when not empty) joined for one write."""
         parts = []
         taken = 0
-        for lane in range(_LANES - 1, -1, -1):
+        for lane in range(LANES - 1, -1, -1):
             while self._live[lane] and len(parts) < max_messages:
                 size = len(self._peek(lane))
                 if parts and taken + size > max_bytes:
@@ -131,7 +133,7 @@ class Outbox:
     def clear(self) -> None:
         for lane in self._lanes:
             lane.clear()
-        self._live = [0] * _LANES
+        self._live = [0] * LANES
         self._keys.clear()
         self.count = 0
         self.nbytes = 0

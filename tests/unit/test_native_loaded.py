@@ -15,3 +15,19 @@ def test_native_flag_matches_the_loaded_trie():
     from hubbub import _core
 
     assert _core.NATIVE == (_core.Trie.__module__ == "hubbub._trie")
+
+
+def test_the_pure_twin_mirrors_the_compiled_constants():
+    """Lanes, push results and policies are declared once, as a ``cpdef enum``
+    in ext/hubbub/_ring.pxd; the pure twin and Priority must agree with it."""
+    from hubbub import _ring_py
+    from hubbub.priority import Priority
+    from tests.conftest import NATIVE
+
+    if NATIVE is None:
+        pytest.skip("the compiled core is not built")
+    from hubbub import _ring
+
+    for name in ("QUEUED", "WAKE", "OVERFLOW", "DROP_OLDEST", "DISCONNECT", "CRITICAL", "LANES"):
+        assert getattr(_ring, name) == getattr(_ring_py, name), name
+    assert _ring.CRITICAL == Priority.CRITICAL and _ring.LANES == len(Priority)

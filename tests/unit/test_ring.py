@@ -182,3 +182,27 @@ def test_bad_arguments(core):
         o.push(None, 1)
     with pytest.raises(TypeError):
         o.push(b"a", 1, ["unhashable"])
+
+
+def test_the_compiled_ring_gives_memory_back_after_a_burst():
+    """A burst grows a lane's ring; draining it empty frees it (issue 9)."""
+    import tracemalloc
+
+    from tests.conftest import NATIVE
+    if NATIVE is None:
+        pytest.skip("the compiled core is not built")
+    frames = [b"x" * 10 for _ in range(20_000)]  # allocated before the measurement
+    outbox = NATIVE.Outbox(100_000, 1 << 30, DROP_OLDEST, b"")
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        for frame in frames:
+            outbox.push(frame, 1)
+        grown = tracemalloc.get_traced_memory()[0] - baseline
+        while outbox.count:
+            outbox.drain(512)
+        left = tracemalloc.get_traced_memory()[0] - baseline
+    finally:
+        tracemalloc.stop()
+    assert grown > 20_000 * 16  # the ring held 20,000 slots of two pointers
+    assert left < 4096, f"{left} bytes still held after draining"

@@ -22,9 +22,10 @@ def _hub():
     from hubbub import Config, Hub
 
     # Queues sized so a client that keeps up never loses anything to a burst.
-    return Hub(Config(dev=True, queue_max_messages=4096, queue_max_bytes=64 << 20,
-                      max_connections_per_user=1_000_000, connect_rate=1_000_000,
-                      history_size=16, heartbeat=60))
+    # From the environment, so a run can vary HUBBUB_FLUSH_DELAY and the like.
+    return Hub(Config.from_env(dev=True, queue_max_messages=4096, queue_max_bytes=64 << 20,
+                               max_connections_per_user=1_000_000, connect_rate=1_000_000,
+                               history_size=16, heartbeat=60))
 
 
 async def hubbub_native(port: int) -> None:
