@@ -76,6 +76,9 @@ class Transport(Protocol):
 
 
 class Connection:
+    __slots__ = ("hub", "fmt", "principal", "transport", "id", "outbox", "subscriptions", "control",
+                 "state", "scheduled", "wrote", "close_code", "close_reason", "__weakref__")
+
     def __init__(self, hub: "Hub", fmt: int, principal: Principal, transport: Transport) -> None:
         config = hub.config
         self.hub = hub

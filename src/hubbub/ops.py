@@ -46,15 +46,30 @@ def query_subscriptions(hub: "Hub", conn: Connection, request: Request) -> list[
 
 
 class WSSession:
+    # Slots, and the publish limiters made on first publish: most clients
+    # only listen, and an idle connection should cost as little as possible.
+    __slots__ = ("hub", "conn", "request", "authenticated", "_auth_timer", "_publish_bucket", "_abuse")
+
     def __init__(self, hub: "Hub", conn: Connection, request: Request) -> None:
         self.hub = hub
         self.conn = conn
         self.request = request
         self.authenticated = False
         self._auth_timer: asyncio.TimerHandle | None = None
-        rate = hub.config.client_publish_rate
-        self.publish_bucket = TokenBucket(rate)
-        self.abuse = AbuseCounter(int(ABUSE_BURSTS * self.publish_bucket.burst), ABUSE_WINDOW)
+        self._publish_bucket: TokenBucket | None = None
+        self._abuse: AbuseCounter | None = None
+
+    @property
+    def publish_bucket(self) -> TokenBucket:
+        if self._publish_bucket is None:
+            self._publish_bucket = TokenBucket(self.hub.config.client_publish_rate)
+        return self._publish_bucket
+
+    @property
+    def abuse(self) -> AbuseCounter:
+        if self._abuse is None:
+            self._abuse = AbuseCounter(int(ABUSE_BURSTS * self.publish_bucket.burst), ABUSE_WINDOW)
+        return self._abuse
 
     async def open(self) -> None:
         """After the transport accepted: authenticate or wait for an auth frame.

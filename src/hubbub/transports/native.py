@@ -50,7 +50,7 @@ MAX_HEADERS = 100
 # picows' read buffer starts at this size and grows when a frame needs it:
 # clients mostly listen, so small keeps idle connections cheap (16 KiB was
 # most of the RSS of an idle connection).
-READ_BUFFER_INITIAL = 2048
+READ_BUFFER_INITIAL = 512
 CLOSE_TIMEOUT = 2.0  # seconds a peer has to answer our close frame
 SSE_HEAD = b"HTTP/1.1 200 OK\r\n" + b"".join(
     f"{k}: {v}\r\n".encode() for k, v in SSE_HEADERS) + b"connection: close\r\n\r\n"
@@ -92,7 +92,10 @@ class NativeServer:
             None, None, False, listener_factory, picows_logger,
             True,  # disconnect on exception
             5.0,   # handshake timeout
-            True, heartbeat, heartbeat, WSAutoPingStrategy.PING_WHEN_IDLE,  # protocol-level liveness
+            # No picows auto-ping: it runs a task per connection (~700 B of
+            # every idle connection). The hub's heartbeat round pings instead
+            # (NativeWSTransport.heartbeat).
+            False, heartbeat, heartbeat, WSAutoPingStrategy.PING_WHEN_IDLE,
             True,  # auto pong
             self.hub.config.max_message_bytes,
             None, READ_BUFFER_INITIAL,
@@ -162,11 +165,13 @@ class _Sniffer(asyncio.Protocol):
 
     def _to_websocket(self, request: Request) -> None:
         server = self.server
-        protocol = server.ws_protocol(lambda upgrade: _WSHandler(server, request))
+        handed = [request]  # picows keeps the factory for the connection's life: not the request
+        protocol = server.ws_protocol(lambda upgrade: _WSHandler(server, handed.pop()))
         transport = self.transport
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         data = bytes(self.buffer)
+        self.buffer = self.head_timer = self.transport = None  # the sniffer's part is over
         while data:
             buf = protocol.get_buffer(len(data))
             n = min(len(buf), len(data))
@@ -299,11 +304,13 @@ def text_frame_header(length: int) -> bytes:
 class NativeWSTransport:
     """A picows connection; data frames are framed here and written to the socket."""
 
-    __slots__ = ("ws", "socket")
+    __slots__ = ("ws", "socket", "heard", "awaiting_pong")
 
     def __init__(self, ws) -> None:
         self.ws = ws
         self.socket = ws.underlying_transport
+        self.heard = True  # a frame came from the peer since the last heartbeat round
+        self.awaiting_pong = False
 
     def write(self, data: bytes) -> None:
         # Framed here and written to the socket's transport directly: the
@@ -327,10 +334,20 @@ class NativeWSTransport:
         asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.ws.disconnect)
 
     def heartbeat(self, idle: bool) -> None:
-        pass  # picows pings idle peers at the protocol level itself
+        """Protocol-level liveness: a peer silent for a round is pinged; one
+        that has not answered by the next round is taken for dead."""
+        if self.awaiting_pong:
+            self.ws.disconnect()
+            return
+        if not self.heard:
+            self.ws.send_ping()
+            self.awaiting_pong = True
+        self.heard = False
 
 
 class _WSHandler(WSListener):
+    __slots__ = ("server", "request", "conn", "session", "fragments", "fragments_size", "fragments_text")
+
     def __init__(self, server: NativeServer, request: Request) -> None:
         self.server = server
         self.request = request
@@ -351,14 +368,17 @@ class _WSHandler(WSListener):
         self.request = None
         asyncio.ensure_future(self.session.open())
 
-    def on_ws_frame(self, transport, frame) -> None:
+    def on_ws_frame(self, ws, frame) -> None:
         session = self.session
         if session is None:
             return
         kind = frame.msg_type
+        transport = self.conn.transport
+        transport.heard = True  # any frame, a pong included, shows the peer alive
+        transport.awaiting_pong = False
         if kind == WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code())
-            transport.disconnect()
+            ws.send_close(frame.get_close_code())
+            ws.disconnect()
             return
         if kind == WSMsgType.PING or kind == WSMsgType.PONG:
             return  # answered and timed by picows itself
