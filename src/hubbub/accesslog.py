@@ -1,8 +1,9 @@
 """Access log lines (``HUBBUB_ACCESS_LOG=1``), with query tokens redacted.
 
-EventSource clients must put their JWT in the query (``token=``); such a
-line must never carry it. Granian's own access log is left off for that
-reason (it would print the raw query); these lines replace it on both ports.
+EventSource clients must put their JWT in the query (``token=``), and the
+dashboard its API key (``key=``); such a line must never carry them.
+Granian's own access log is left off for that reason (it would print the raw
+query); these lines replace it on both ports.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import re
 
 log = logging.getLogger("hubbub.access")
 
-_SECRET_PARAM = re.compile(r"(^|&)(token|access_token|api_key)=[^&]*", re.IGNORECASE)
+_SECRET_PARAM = re.compile(r"(^|&)(token|access_token|api_key|key)=[^&]*", re.IGNORECASE)
 
 
 def redact_query(query: str) -> str:

@@ -5,7 +5,9 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -83,6 +85,13 @@ def serve_command(args: argparse.Namespace) -> int:
                         ("FAST_PORT", config.effective_fast_port), ("DEV", int(config.dev))):
         os.environ[f"HUBBUB_{name}"] = str(value)
 
+    # The workers of one machine add their metrics up through a shared folder
+    # (telemetry.py); a fresh one per run, so no earlier run's files count.
+    metrics_dir = None
+    if config.workers > 1 and not config.metrics_dir:
+        metrics_dir = tempfile.mkdtemp(prefix="hubbub-metrics-")
+        os.environ["HUBBUB_METRICS_DIR"] = metrics_dir
+
     from granian import Granian
     from granian.constants import Interfaces, Loops
     from granian.http import HTTP1Settings
@@ -107,7 +116,11 @@ def serve_command(args: argparse.Namespace) -> int:
     scheme = "https" if config.tls_cert else "http"
     print(f"hubbub: serving on {scheme}://{config.host}:{config.port}"
           + (f" (fast listener on port {fast})" if fast else ""), file=sys.stderr, flush=True)
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -74,6 +74,11 @@ class Config:
     # Seconds a client has to send a complete request head, on both ports.
     head_timeout: float = 10.0
     cors_origins: tuple[str, ...] = ()
+    # GET /metrics without the API key (for a scraper inside a trusted network).
+    metrics_public: bool = False
+    # Where the workers of one machine share their metrics snapshots
+    # (telemetry.py); ``hubbub serve --workers N`` sets a fresh one for N > 1.
+    metrics_dir: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Config":

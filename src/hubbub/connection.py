@@ -177,6 +177,7 @@ class Connection:
         self.state = CLOSING
         self.close_code = code
         self.close_reason = reason
+        self.hub.telemetry.closed(self, code)
         self.hub.detach(self)
         if self.control:  # the error explaining the close goes first; the backlog is not owed
             owed = SEPARATORS[self.fmt].join(self.control)
@@ -188,6 +189,7 @@ class Connection:
         """The transport is gone (peer closed, socket reset, or our close completed)."""
         if self.state is OPEN:
             self.close_code = code
+            self.hub.telemetry.closed(self, code)
             self.hub.detach(self)
         self.state = CLOSED
         self.control = []

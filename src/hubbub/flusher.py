@@ -18,7 +18,10 @@ may ping an idle peer (SSE comment, app-level WS ping on ASGI).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
+
+from .telemetry import LatencyHistogram
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -32,6 +35,11 @@ class Flusher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_round = float("-inf")
         self.rounds = 0
+        # Publish-to-write latency, one observation per round: the hub stamps
+        # ``woken_at`` when a publication wakes the first writer of a round,
+        # the round observes how long ago that was once it has written.
+        self.woken_at: float | None = None
+        self.write_latency = LatencyHistogram()
 
     def schedule(self, conn: "Connection") -> None:
         self.pending.append(conn)
@@ -52,6 +60,9 @@ class Flusher:
         for conn in pending:
             conn.flush()
         self.rounds += 1
+        if self.woken_at is not None:
+            self.write_latency.observe(time.perf_counter() - self.woken_at)
+            self.woken_at = None
         if self._loop is not None:  # None: run by hand before anything was scheduled
             self._last_round = self._loop.time()
 

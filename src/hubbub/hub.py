@@ -29,6 +29,7 @@ from .filters import FilterError, compile_filter, validate_tags
 from .history import HISTORY_GAP, Gap, History, Kept
 from .limits import PerKeyLimiter
 from .priority import Priority
+from .telemetry import Telemetry
 from .topics import TopicError, validate_pattern, validate_topic
 
 if TYPE_CHECKING:
@@ -79,6 +80,10 @@ class Hub:
         self._expiry: asyncio.Task | None = None
         self._heartbeat: asyncio.Task | None = None
         self.flusher = Flusher(self.config.flush_delay / 1000)
+        # Metrics (telemetry.py): publications per topic since the last
+        # one-second sample, for the dashboard's busiest topics.
+        self.topic_publications: dict[str, int] = {}
+        self.telemetry = Telemetry(self)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Hub":
@@ -92,6 +97,7 @@ class Hub:
         self.started = True
         self._expiry = asyncio.ensure_future(self._expire_history())
         self._heartbeat = asyncio.ensure_future(self._heartbeats())
+        self.telemetry.start()
         if self.config.dev:
             log.warning("hubbub is in dev mode: anonymous clients may subscribe and publish to"
                         " anything, and the publish API needs no key from loopback")
@@ -120,6 +126,7 @@ class Hub:
             if task is not None:
                 task.cancel()
         self.flusher.cancel()
+        self.telemetry.stop()
         self.started = False
 
     async def _expire_history(self) -> None:
@@ -311,9 +318,15 @@ class Hub:
         replay would exceed RECOVERY_MAX. Called in the same step as the
         subscribe, so no live publication can fall between replay and live.
         """
-        seq = self.parse_event_id(since)
-        subscriptions = [(p, conn.subscriptions[p].filter) for p in patterns if p in conn.subscriptions]
-        return self.history.recover(subscriptions, seq, self.config.recovery_max)
+        try:
+            seq = self.parse_event_id(since)
+            subscriptions = [(p, conn.subscriptions[p].filter) for p in patterns if p in conn.subscriptions]
+            kept = self.history.recover(subscriptions, seq, self.config.recovery_max)
+        except Gap as gap:
+            self.telemetry.reset(gap.reason)
+            raise
+        self.telemetry.replayed(len(kept))
+        return kept
 
     def deliver(self, pub: Publication) -> str | None:
         # Draining refuses new subscribers at once, but publications still
@@ -326,6 +339,8 @@ class Hub:
             event_id = f"{self.epoch}-{self._event_seq}"
         envelope = wire.envelope(pub.topic, event_id, pub.event, pub.data_json, int(time.time() * 1000))
         self.published += 1
+        counts = self.topic_publications
+        counts[pub.topic] = counts.get(pub.topic, 0) + 1
         frames = wire.frames(envelope, event_id, pub.event)
         if event_id is not None:
             self.history.append(pub.topic, Kept(self._event_seq, event_id, frames, pub.tags,
@@ -337,9 +352,12 @@ class Hub:
             overflowed: list = []
             self.delivered += fanout(subs, pub.tags, frames, pub.priority, pub.key,
                                      self._fanout_seq, woken, overflowed)
+            if woken and self.flusher.woken_at is None:  # for the publish-to-write latency
+                self.flusher.woken_at = time.perf_counter()
             for conn in woken:
                 conn.wake()
             for conn in overflowed:
+                self.telemetry.disconnect_drops += conn.outbox.count + 1  # its backlog and the refused one
                 conn.close(CLOSE_SLOW, "slow consumer")
         return event_id
 

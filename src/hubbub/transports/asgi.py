@@ -22,6 +22,7 @@ from ..auth import ANONYMOUS, Request
 from ..connection import CLOSE_INTERNAL, CLOSE_SHUTDOWN, HIGH_WATER, Connection
 from ..errors import HubError
 from ..history import Gap
+from ..operations import OperationsRoutes
 from ..ops import WSSession
 from .http import (PUBLISH_MAX_BODY, SSE_HEADERS, PublishEndpoint, error_body, health, open_sse,
                    open_subscriber, resume_point)
@@ -243,6 +244,7 @@ class HubApp:
         self.fast_listener: tuple[str, int, bool] | None = None
         self.publish_endpoint = PublishEndpoint(hub)
         self.text_of = _TextCache()
+        self.operations = OperationsRoutes(hub)  # /metrics, /dashboard (operations.py)
 
     async def __call__(self, scope: dict, receive, send) -> None:
         kind = scope["type"]
@@ -303,6 +305,10 @@ class HubApp:
         elif path == "/healthz" and method in ("GET", "HEAD"):
             status, payload, headers = health(self.hub)
             await _json(send, status, payload, headers)
+        # -- operations: /metrics, /dashboard, /dashboard/stream (operations.py) --
+        elif self.operations.handles(path):
+            await self.operations(method, path, request, receive, send)
+        # -- end of operations --
         elif (static := static_response(method, path, request.headers, self.hub.config.dev)) is not None:
             await send_static(send, static)  # /hubbub.js, /hubbub.mjs, the dev demo at /
         elif path in ("/sse", "/publish", "/healthz", "/poll"):
