@@ -124,15 +124,18 @@ class Connection:
         if self.state is not OPEN:
             return
         transport = self.transport
+        outbox = self.outbox
         while transport.buffered() < HIGH_WATER:
             batch = self.next_batch()
-            if not batch:
-                self.outbox.armed = True  # the next push wakes us again
-                return
-            transport.write(batch)
-            self.wrote = True
-            if self.state is not OPEN:  # the write found the peer gone
-                return
+            if batch:
+                transport.write(batch)
+                self.wrote = True
+                if self.state is not OPEN:  # the write found the peer gone
+                    return
+                if self.control or outbox.count or outbox.dropped:
+                    continue
+            outbox.armed = True  # empty: the next push wakes us again
+            return
         # Over the high-water mark: the transport wakes us when it drains.
 
     def next_batch(self) -> bytes:
