@@ -44,6 +44,9 @@ class HubProcess:
                     "PYTHONUNBUFFERED": "1",
                     # Stops stay fast; test_drain.py sets a grace where it is the point.
                     "HUBBUB_DRAIN_GRACE": "0", **(env or {})}
+        # The notification store goes with the test's files, never the repo
+        # (a test that sets HUBBUB_DATA_DIR or HUBBUB_STORE chooses its own).
+        self.own_data_dir = "HUBBUB_DATA_DIR" not in (env or {})
         self.dev = dev
         self.args = list(args)
         self.tls = tls  # an ssl.SSLContext trusting the hub's certificate, when it serves TLS
@@ -60,6 +63,9 @@ class HubProcess:
 
     def start(self, log_dir: Path) -> "HubProcess":
         self.log_path = log_dir / f"hub-{self.port}.log"
+        if self.own_data_dir:  # the first start's directory: a restart finds its data again
+            self.env["HUBBUB_DATA_DIR"] = str(log_dir)
+            self.own_data_dir = False
         cmd = [sys.executable, "-m", "hubbub.cli", "serve", *(["--dev"] if self.dev else []), *self.args]
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,

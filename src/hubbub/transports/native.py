@@ -85,7 +85,9 @@ class NativeServer:
 
     def ws_protocol(self, listener_factory) -> WSProtocol:
         """picows' own server protocol, configured as ``ws_create_server`` would."""
-        heartbeat = self.hub.config.heartbeat
+        # Protocol pings every liveness period; no pong within one more period
+        # disconnects, so a vanished peer leaves presence within PRESENCE_TTL.
+        heartbeat = self.hub.config.liveness_period
         return WSProtocol(
             None, None, False, listener_factory, picows_logger,
             True,  # disconnect on exception
