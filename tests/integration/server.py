@@ -115,13 +115,18 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-async def ws_messages(ws, count: int, timeout: float = 5.0) -> list[dict]:
+# Sent to every authenticated WS on connect (SPEC 5, 8): tests of other things
+# do not count it; the inbox tests read it on purpose (skip=()).
+CONNECT_COUNT = ("unread_count",)
+
+
+async def ws_messages(ws, count: int, timeout: float = 5.0, skip=CONNECT_COUNT) -> list[dict]:
     """Read until ``count`` JSON messages arrived (frames may batch several, one per line)."""
     out: list[dict] = []
     async with asyncio.timeout(timeout):
         while len(out) < count:
             frame = await ws.recv()
-            out.extend(json.loads(line) for line in frame.split("\n"))
+            out.extend(m for m in map(json.loads, frame.split("\n")) if m.get("op") not in skip)
     return out
 
 
