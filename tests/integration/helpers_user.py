@@ -3,9 +3,11 @@ for what a user's connections receive on each transport."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import uuid
+import weakref
 
 import httpx
 
@@ -93,21 +95,30 @@ class SSEReader:
                     assert item[0] not in events, f"unexpected {item}"
 
 
+# Lines of a frame read but not yet handed out: one frame may batch several
+# messages, and those after the one a call wanted belong to later calls.
+_unread: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 async def ws_next(ws, op: str, timeout: float = 5.0) -> dict:
     """The next message with this op, skipping others (pings answered)."""
+    pending = _unread.setdefault(ws, collections.deque())
     async with asyncio.timeout(timeout):
         while True:
-            for line in (await ws.recv()).split("\n"):
-                message = json.loads(line)
-                if message.get("op") == "ping":
-                    await ws.send('{"op":"pong"}')
-                if message.get("op") == op:
-                    return message
+            if not pending:
+                pending.extend((await ws.recv()).split("\n"))
+            message = json.loads(pending.popleft())
+            if message.get("op") == "ping":
+                await ws.send('{"op":"pong"}')
+            if message.get("op") == op:
+                return message
 
 
 async def ws_quiet(ws, seconds: float, ops=("notification", "notification_deleted", "unread_count",
                                             "join", "leave")) -> None:
     """Nothing with these ops arrives for ``seconds``."""
+    for line in _unread.pop(ws, ()):  # already read, not yet looked at
+        assert json.loads(line).get("op") not in ops, f"unexpected {line}"
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             while True:
