@@ -12,7 +12,11 @@ PostgreSQL server in a throwaway schema), on uvloop as the hub runs:
 - one user with ``--fill`` notifications: latency of listing the newest 50,
   a page from the middle (``before=``), 50 unread ones, and the unread count.
 
-It measures the store alone: HTTP and live delivery come on top.
+The rows above measure the store alone. ``--live N`` (default 300) adds,
+per store, the whole path through a real ``hubbub serve``: ``POST
+/notifications`` over HTTP to the ``notification`` frame arriving on a
+WebSocket of that user on the fast port (create -> live delivery), one at a
+time, N rounds after 20 warm-up rounds.
 """
 from __future__ import annotations
 
@@ -104,6 +108,67 @@ async def measure(url: str, creates: int, fill: int) -> list[tuple[str, str, str
     return rows
 
 
+async def measure_live(url: str, rounds: int) -> list[tuple[str, str, str, str]]:
+    """create -> live delivery through a real hub process (Granian + the native listener)."""
+    import json
+    import os
+    import socket
+    import subprocess
+
+    import httpx
+    import jwt
+    import websockets
+
+    def free(port: int) -> bool:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+            return True
+
+    port = 20000
+    while not (free(port) and free(port + 1)):  # PORT and FAST_PORT
+        port += 2
+    secret = "bench-secret-0123456789-0123456789"
+    env = {**os.environ, "HUBBUB_PORT": str(port), "HUBBUB_FAST_PORT": str(port + 1),
+           "HUBBUB_STORE": url, "HUBBUB_JWT_SECRET": secret, "HUBBUB_DRAIN_GRACE": "0"}
+    with tempfile.TemporaryDirectory() as directory:
+        env["HUBBUB_DATA_DIR"] = directory
+        hub = subprocess.Popen([sys.executable, "-m", "hubbub.cli", "serve", "--dev"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=sys.stderr)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+                user_token = jwt.encode({"sub": "live", "exp": int(time.time()) + 3600}, secret)
+                ws_url = f"ws://127.0.0.1:{port + 1}/ws?token={user_token}"
+                for _ in range(600):  # until the hub and its fast listener are up
+                    try:
+                        await (await websockets.connect(ws_url)).close()
+                        break
+                    except OSError:
+                        await asyncio.sleep(0.1)
+                async with websockets.connect(ws_url) as ws:
+                    async def delivered() -> None:
+                        while True:
+                            for line in (await ws.recv()).split("\n"):
+                                if json.loads(line).get("op") == "notification":
+                                    return
+                    samples = []
+                    for i in range(rounds + 20):
+                        t0 = time.perf_counter()
+                        post = asyncio.ensure_future(client.post("/notifications", json={
+                            "user": "live", "title": f"Order {i}", "message": "shipped"}))
+                        await delivered()
+                        samples.append(time.perf_counter() - t0)
+                        assert (await post).status_code == 201
+                    samples = samples[20:]
+        finally:
+            hub.terminate()
+            hub.wait(15)
+    return [("create -> live WS delivery (HTTP + store + fan-out)", f"{len(samples) / sum(samples):,.0f}/s",
+             ms(statistics.median(samples)), ms(p99(samples)))]
+
+
 def postgres_schema(url: str):
     """A throwaway schema and the URL that uses it; the drop function."""
     import urllib.parse
@@ -127,6 +192,7 @@ def main() -> None:
     parser.add_argument("--fill", type=int, default=10_000)
     parser.add_argument("--stores", default="sqlite,postgres")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--live", type=int, default=300, help="create -> delivery rounds; 0: skip")
     args = parser.parse_args()
 
     table = []
@@ -134,12 +200,20 @@ def main() -> None:
         if kind == "sqlite":
             with tempfile.TemporaryDirectory() as directory:
                 rows = uvloop.run(measure(f"sqlite:///{directory}/bench.db", args.creates, args.fill))
+                if args.live:
+                    rows += uvloop.run(measure_live(f"sqlite:///{directory}/live.db", args.live))
         elif kind == "postgres":
             url, drop = postgres_schema(args.postgres)
             try:
                 rows = uvloop.run(measure(url, args.creates, args.fill))
             finally:
                 drop()
+            if args.live:
+                url, drop = postgres_schema(args.postgres)
+                try:
+                    rows += uvloop.run(measure_live(url, args.live))
+                finally:
+                    drop()
         else:
             parser.error(f"unknown store {kind!r}")
         table += [(kind, *row) for row in rows]

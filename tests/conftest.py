@@ -1,4 +1,5 @@
 import os
+import tempfile
 import types
 
 import pytest
@@ -27,6 +28,10 @@ def _native() -> types.SimpleNamespace | None:
         fanout=_fanout.fanout,
     )
 
+
+# Hubs built in-process (Hub.from_env) open the notification store under
+# HUBBUB_DATA_DIR: a temporary directory, so no test leaves hubbub.db in the repo.
+os.environ.setdefault("HUBBUB_DATA_DIR", tempfile.mkdtemp(prefix="hubbub-test-data-"))
 
 PURE = _pure()
 NATIVE = _native()

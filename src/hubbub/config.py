@@ -61,6 +61,7 @@ class Config:
     connect_rate: float = 500.0  # connection attempts per second per client IP (burst 2x)
     access_log: bool = False
     presence_ttl: float = 30.0
+    presence_max_list: int = 1000  # topics with more members answer counts only
     recovery_max: int = 1000
     fast_port: int | None = None  # None: PORT + 1; 0: off
     tls_cert: str = ""
@@ -105,6 +106,13 @@ class Config:
         return self.port + 1 if self.fast_port is None else self.fast_port
 
     @property
+    def liveness_period(self) -> float:
+        """Seconds between liveness pings of a WS peer (and heartbeat rounds):
+        a peer that stops answering is closed after two missed periods plus one
+        round, so within PRESENCE_TTL, and leaves presence with it."""
+        return min(self.heartbeat, self.presence_ttl / 3)
+
+    @property
     def algorithms(self) -> tuple[str, ...]:
         if self.jwt_algorithms:
             return self.jwt_algorithms
@@ -140,6 +148,8 @@ class Config:
               f"must be sqlite:///PATH or a postgresql:// URL, got {self.store!r}")
         check("tls_key", bool(self.tls_cert) == bool(self.tls_key),
               "HUBBUB_TLS_CERT and HUBBUB_TLS_KEY must be set together")
+        check("presence_max_list", self.presence_max_list >= 0,
+              f"must be 0 or more, got {self.presence_max_list}")
         check("drain_grace", self.drain_grace >= 0, f"must be 0 or more seconds, got {self.drain_grace}")
         try:
             parse_origins(self.cors_origins, self.dev)

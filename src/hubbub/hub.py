@@ -1,5 +1,11 @@
 """The hub: connection registry, subscriptions and the publication path.
 
+Also the per-user side (issue 11): an index of each user's connections, so
+inbox events (``notification``, ``notification_deleted``, ``unread_count``)
+reach every open tab of that user without it subscribing to anything
+(``emit``); the notification ``Inbox`` it owns and starts and stops with
+itself (``notify``); and ``presence`` (see ``presence.py``).
+
 ``publish`` validates once, encodes once per wire format, matches once (the
 trie caches per topic) and hands the same frames to every matching outbox
 through the compiled ``fanout``. Writers of outboxes that went from idle to
@@ -24,6 +30,7 @@ from .auth import AuthenticateHook, Authenticator, Principal, may_publish, may_s
 from .config import Config
 from .connection import CLOSE_SHUTDOWN, CLOSE_SLOW, Connection
 from .flusher import Flusher
+from .presence import Presence
 from .errors import Forbidden, HubError
 from .filters import FilterError, compile_filter, validate_tags
 from .history import HISTORY_GAP, Gap, History, Kept
@@ -33,12 +40,14 @@ from .telemetry import Telemetry
 from .topics import TopicError, validate_pattern, validate_topic
 
 if TYPE_CHECKING:
+    from .inbox import Inbox, NotificationEndpoints
     from .transports.native import NativeServer
 
 log = logging.getLogger("hubbub")
 
 MATCH_CACHE_SIZE = 16384
 MAX_SEQ_DIGITS = 19  # a sequence fits in 63 bits
+INBOX_RETRY_MAX = 30.0  # seconds between attempts to open a store that failed at start
 
 
 class Publication:
@@ -65,6 +74,14 @@ class Hub:
         self.trie = Trie(MATCH_CACHE_SIZE)
         self.connections: dict[str, Connection] = {}
         self.users: Counter[str] = Counter()
+        self.user_conns: dict[str, set[Connection]] = {}  # user -> its live connections
+        self.presence = Presence(max_list=self.config.presence_max_list)
+        # The inbox opens at start; until its store answers, /notifications is a 503.
+        self.inbox: Inbox | None = None
+        self.notifications: NotificationEndpoints | None = None
+        self.inbox_error = "not started"
+        self._inbox_opener: asyncio.Task | None = None
+        self._greeters: set[asyncio.Task] = set()
         self.epoch = secrets.token_hex(3)  # ids from an earlier run of this hub never match
         self._event_seq = 0
         self._fanout_seq = 0
@@ -98,6 +115,8 @@ class Hub:
         self._expiry = asyncio.ensure_future(self._expire_history())
         self._heartbeat = asyncio.ensure_future(self._heartbeats())
         self.telemetry.start()
+        if not await self._open_inbox():
+            self._inbox_opener = asyncio.ensure_future(self._keep_opening_inbox())
         if self.config.dev:
             log.warning("hubbub is in dev mode: anonymous clients may subscribe and publish to"
                         " anything, and the publish API needs no key from loopback")
@@ -122,12 +141,41 @@ class Hub:
         for server in self._servers:
             await server.close()
         self._servers.clear()
-        for task in (self._expiry, self._heartbeat):
+        for task in (self._expiry, self._heartbeat, self._inbox_opener, *self._greeters):
             if task is not None:
                 task.cancel()
         self.flusher.cancel()
         self.telemetry.stop()
+        inbox, self.inbox, self.notifications = self.inbox, None, None
+        if inbox is not None:
+            await inbox.stop()
         self.started = False
+
+    async def _open_inbox(self) -> bool:
+        """Open the notification store; False (logged) when it cannot be opened.
+
+        A store that is down does not keep the hub from serving publications:
+        /notifications answers 503 while the hub keeps trying."""
+        from .inbox import Inbox, NotificationEndpoints
+
+        try:
+            inbox = Inbox.from_config(self.config, emit=self.emit)
+            await inbox.start()
+        except Exception as error:
+            self.inbox_error = str(getattr(error, "reason", None) or error)
+            log.warning("notification store unavailable: %s; /notifications answers 503 until it"
+                        " opens", self.inbox_error)
+            return False
+        self.inbox = inbox
+        self.notifications = NotificationEndpoints(inbox, self.auth)
+        return True
+
+    async def _keep_opening_inbox(self) -> None:
+        delay = 1.0
+        while not await self._open_inbox():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, INBOX_RETRY_MAX)
+        log.info("notification store open")
 
     async def _expire_history(self) -> None:
         # Topics that stop receiving publications are forgotten once their
@@ -139,9 +187,11 @@ class Hub:
 
     async def _heartbeats(self) -> None:
         # One timer for every connection: each transport pings an idle peer
-        # its own way (SSE comment, app-level WS ping; picows pings itself).
+        # its own way (SSE comment, protocol ping on the fast port, app-level
+        # WS ping on ASGI). Every liveness period (at most HEARTBEAT), so a
+        # dead WS peer is closed, and leaves presence, within PRESENCE_TTL.
         while True:
-            await asyncio.sleep(self.config.heartbeat)
+            await asyncio.sleep(self.config.liveness_period)
             for conn in list(self.connections.values()):
                 conn.heartbeat()
 
@@ -195,6 +245,7 @@ class Hub:
             if self.users[user] >= self.config.max_connections_per_user:
                 raise HubError(429, f"too many connections for user {user!r}")
             self.users[user] += 1
+            self.user_conns.setdefault(user, set()).add(conn)
         self.connections[conn.id] = conn
 
     def detach(self, conn: Connection) -> None:
@@ -202,6 +253,7 @@ class Hub:
             return
         for pattern, sub in conn.subscriptions.items():
             self.trie.unsubscribe(pattern, sub)
+            self.presence.unsubscribed(conn, pattern)
         conn.subscriptions.clear()
         self.dropped_closed += conn.outbox.dropped_total
         user = conn.principal.user
@@ -209,9 +261,37 @@ class Hub:
             self.users[user] -= 1
             if self.users[user] <= 0:
                 del self.users[user]
+            conns = self.user_conns.get(user)
+            if conns is not None:
+                conns.discard(conn)
+                if not conns:
+                    del self.user_conns[user]
 
-    def subscribe(self, conn: Connection, pattern: Any, filter_spec: Any = None) -> None:
-        """Subscribe ``conn``; raises HubError (400, 403, 429) naming the problem."""
+    def reauthenticate(self, conn: Connection, principal: Principal) -> list[str]:
+        """Make an attached dev-anonymous connection ``principal``'s (an ``auth``
+        frame after an anonymous ``--dev`` handshake). Its subscriptions are
+        kept where the new principal may have them; returns those dropped.
+        Raises HubError 429 past the per-user cap (the connection stays as it was)."""
+        user = principal.user
+        if user is not None and self.users[user] >= self.config.max_connections_per_user:
+            raise HubError(429, f"too many connections for user {user!r}")
+        dropped = [p for p in conn.subscriptions if not may_subscribe(principal, p)]
+        for pattern in dropped:
+            self.unsubscribe(conn, pattern)
+        watched = {p for p in conn.subscriptions if conn in self.presence.watchers.get(p, ())}
+        conn.principal = principal
+        if user is not None:
+            self.users[user] += 1
+            self.user_conns.setdefault(user, set()).add(conn)
+        for pattern in conn.subscriptions:  # anonymous was in no presence: join now
+            self.presence.subscribed(conn, pattern, pattern in watched, new=True)
+        return dropped
+
+    def subscribe(self, conn: Connection, pattern: Any, filter_spec: Any = None,
+                  presence: bool = False) -> None:
+        """Subscribe ``conn``; raises HubError (400, 403, 429) naming the problem.
+
+        ``presence``: the connection gets join/leave events of this pattern."""
         try:
             pattern = validate_pattern(pattern)
             tag_filter = compile_filter(filter_spec)
@@ -228,6 +308,7 @@ class Hub:
         sub = Subscription(conn.outbox, conn.fmt, pattern, tag_filter)
         self.trie.subscribe(pattern, sub)
         conn.subscriptions[pattern] = sub
+        self.presence.subscribed(conn, pattern, presence, new=old is None)
 
     def unsubscribe(self, conn: Connection, pattern: Any) -> bool:
         """Drop a subscription; an invalid pattern is a 400 as for ``subscribe``."""
@@ -239,7 +320,57 @@ class Hub:
         if sub is None:
             return False
         self.trie.unsubscribe(pattern, sub)
+        self.presence.unsubscribed(conn, pattern)
         return True
+
+    # -- per-user events and the inbox ---------------------------------------
+    def emit(self, user: str, event: str, payload: Any) -> None:
+        """Send an inbox event to every live connection of ``user`` (any port,
+        any transport), encoded once per wire format; see ``wire.user_event``."""
+        conns = self.user_conns.get(user)
+        if not conns:
+            return
+        frames: dict[int, bytes] = {}
+        for conn in list(conns):
+            frame = frames.get(conn.fmt)
+            if frame is None:
+                frame = frames[conn.fmt] = wire.user_event(conn.fmt, event, payload)
+            conn.send_control(frame)
+
+    async def notify(self, user: str, title: str, message: str, *, level: str = "info",
+                     priority: str = "normal", data: Any = None) -> dict[str, Any]:
+        """Store a notification for ``user`` and deliver it live: the same
+        validation (HubError 400/413) and events as ``POST /notifications``.
+        Raises HubError 503 while the store is unavailable."""
+        if self.inbox is None:
+            raise HubError(503, f"notification store unavailable: {self.inbox_error}")
+        return await self.inbox.notify(user, title, message, level=level, priority=priority, data=data)
+
+    async def unread_count_or_none(self, user: str | None) -> int | None:
+        """The user's unread count, or None (anonymous, or the store failed: logged)."""
+        inbox = self.inbox
+        if user is None or inbox is None:
+            return None
+        try:
+            return await inbox.unread_count_in_order(user)
+        except Exception as error:
+            log.warning("unread_count for user %r unavailable: %s", user,
+                        getattr(error, "reason", None) or error)
+            return None
+
+    def greet(self, conn: Connection) -> None:
+        """On connect of a user (SSE after ``connected``, WS after auth): send
+        ``unread_count``. In the background: a slow store never holds a connect."""
+        if conn.principal.user is None or self.inbox is None:
+            return
+        task = asyncio.ensure_future(self._greet(conn))
+        self._greeters.add(task)
+        task.add_done_callback(self._greeters.discard)
+
+    async def _greet(self, conn: Connection) -> None:
+        count = await self.unread_count_or_none(conn.principal.user)
+        if count is not None:
+            conn.send_control(wire.user_event(conn.fmt, "unread_count", {"count": count}))
 
     # -- publishing -----------------------------------------------------------
     def prepare(self, topic: Any, data: Any, *, event: Any = "message", priority: Any = Priority.NORMAL,

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import wire
-from .auth import Principal, Request
+from .auth import Principal, Request, may_subscribe
 from .connection import (CLOSE_AUTH, CLOSE_BAD_DATA, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TOO_BIG,
                          CLOSE_TRY_LATER, Connection)
 from .errors import HubError
 from .history import Gap
+from .topics import TopicError, validate_pattern
 from .limits import AbuseCounter, TokenBucket
 
 if TYPE_CHECKING:
@@ -33,13 +34,19 @@ ABUSE_WINDOW = 10.0
 ABUSE_BURSTS = 2
 
 
+def wants_presence(request: Request) -> bool:
+    """``presence=1`` in a handshake's query: join/leave events for its topics."""
+    return request.first("presence") in ("1", "true")
+
+
 def query_subscriptions(hub: "Hub", conn: Connection, request: Request) -> list[HubError]:
     """Subscribe the ``topic=`` patterns of a handshake; returns the refusals."""
     filter_spec = request.first("filter")
+    presence = wants_presence(request)
     errors = []
     for pattern in request.query.get("topic", []):
         try:
-            hub.subscribe(conn, pattern, filter_spec)
+            hub.subscribe(conn, pattern, filter_spec, presence)
         except HubError as error:
             errors.append(error)
     return errors
@@ -127,6 +134,7 @@ class WSSession:
         if since and conn.subscriptions:
             self._recover(list(conn.subscriptions), since)
         self.request = None  # the handshake is done with; idle connections stay small
+        self.hub.greet(conn)  # unread_count of an authenticated user
 
     def _recover(self, patterns: list[str], since: str) -> None:
         """Replay what these subscriptions missed since ``since``, or reset them."""
@@ -196,7 +204,10 @@ class WSSession:
     def op_subscribe(self, msg: dict, request_id: Any) -> None:
         if "topic" not in msg:
             raise HubError(400, "subscribe needs 'topic'")
-        self.hub.subscribe(self.conn, msg["topic"], msg.get("filter"))
+        presence = msg.get("presence", False)
+        if not isinstance(presence, bool):
+            raise HubError(400, "presence must be true or false")
+        self.hub.subscribe(self.conn, msg["topic"], msg.get("filter"), presence)
         # "position": the hub's newest id, a resume point for a client that
         # gets no message before the connection drops (issue 14).
         self.conn.send_control(wire.ws_op("ack", id=request_id, position=self.hub.last_event_id))
@@ -231,12 +242,48 @@ class WSSession:
         pass  # answer to the hub's heartbeat ping: receiving it is the point
 
     def op_auth(self, msg: dict, request_id: Any) -> None:
-        raise HubError(400, "already authenticated")
+        conn = self.conn
+        # In --dev a handshake without a token is accepted as anonymous at once;
+        # a later auth frame makes the connection the token's user.
+        if not (conn.principal.unrestricted and conn.principal.user is None):
+            raise HubError(400, "already authenticated")
+        token = msg.get("token")
+        if not isinstance(token, str) or not token:
+            raise HubError(400, "auth frame needs a 'token'")
+        try:
+            principal = self.hub.auth.decode(token)
+        except HubError as error:
+            conn.close(CLOSE_AUTH, error.reason)  # as for a bad token at the handshake
+            return
+        dropped = self.hub.reauthenticate(conn, principal)  # 429: stays anonymous
+        conn.send_control(wire.ws_op("ack", id=request_id))
+        for pattern in dropped:
+            conn.send_control(wire.ws_error(403, f"not allowed to subscribe to {pattern!r};"
+                                                 f" unsubscribed on auth"))
+        self.hub.greet(conn)
 
     def op_presence(self, msg: dict, request_id: Any) -> None:
-        # A contract op whose feature (presence tracking) is not built yet:
-        # say so plainly rather than "unknown op".
-        raise HubError(404, "presence is not available on this hub yet")
+        if "topic" not in msg:
+            raise HubError(400, "presence needs 'topic'")
+        try:
+            topic = validate_pattern(msg["topic"])
+        except TopicError as error:
+            raise HubError(400, str(error)) from None
+        if not may_subscribe(self.conn.principal, topic):
+            raise HubError(403, f"not allowed to see presence of {topic!r}")
+        asyncio.ensure_future(self._presence_reply(topic, request_id))
+
+    async def _presence_reply(self, topic: str, request_id: Any) -> None:
+        # The store behind presence may be remote (async), so the answer is sent when ready.
+        try:
+            answer = await self.hub.presence.members(topic)
+        except Exception:
+            log.exception("presence of %r failed", topic)
+            self.conn.send_control(wire.ws_error(503, "presence unavailable", request_id))
+            return
+        if request_id is not None:
+            answer = {"id": request_id, **answer}
+        self.conn.send_control(wire.ws_op("presence", **answer))
 
 
 def _is_utf8(data: bytes) -> bool:

@@ -67,3 +67,29 @@ def dropped_notice(fmt: int, count: int) -> bytes:
     if fmt == SSE:
         return b'event: dropped\ndata: {"count":%d}\n\n' % count
     return b'{"op":"dropped","count":%d}' % count
+
+
+def presence_event(fmt: int, event: str, payload: dict) -> bytes:
+    """``join``/``leave`` (SPEC 6): WS ``{"op":"join","topic":..,"user":..,"info":..}``,
+    SSE ``event: join`` with the same object as data."""
+    if fmt == SSE:
+        return sse_event(event, payload)
+    return orjson.dumps({"op": event, **payload})
+
+
+def user_event(fmt: int, event: str, payload: Any) -> bytes:
+    """A per-user inbox event (``notification``, ``notification_deleted``,
+    ``unread_count``) in one connection's format:
+
+    - SSE: ``event: notification`` / ``data: {record}`` (no ``id:``: it is not
+      a resume point, so Last-Event-ID is left alone);
+    - WS: ``{"op":"notification","data":{record}}``; the payload rides in
+      ``data`` so its own ``id`` never reads as a request id;
+    - poll: an item ``{"event":"notification","data":{record}}`` in
+      ``messages`` (publications there always have a ``topic``; these never do).
+    """
+    if fmt == SSE:
+        return sse_event(event, payload)
+    if fmt == WS:
+        return b'{"op":"' + event.encode() + b'","data":' + orjson.dumps(payload) + b"}"
+    return b'{"event":"' + event.encode() + b'","data":' + orjson.dumps(payload) + b"}"

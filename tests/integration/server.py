@@ -44,6 +44,9 @@ class HubProcess:
                     "PYTHONUNBUFFERED": "1",
                     # Stops stay fast; test_drain.py sets a grace where it is the point.
                     "HUBBUB_DRAIN_GRACE": "0", **(env or {})}
+        # The notification store goes with the test's files, never the repo
+        # (a test that sets HUBBUB_DATA_DIR or HUBBUB_STORE chooses its own).
+        self.own_data_dir = "HUBBUB_DATA_DIR" not in (env or {})
         self.dev = dev
         self.args = list(args)
         self.tls = tls  # an ssl.SSLContext trusting the hub's certificate, when it serves TLS
@@ -60,6 +63,9 @@ class HubProcess:
 
     def start(self, log_dir: Path) -> "HubProcess":
         self.log_path = log_dir / f"hub-{self.port}.log"
+        if self.own_data_dir:  # the first start's directory: a restart finds its data again
+            self.env["HUBBUB_DATA_DIR"] = str(log_dir)
+            self.own_data_dir = False
         cmd = [sys.executable, "-m", "hubbub.cli", "serve", *(["--dev"] if self.dev else []), *self.args]
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -109,13 +115,18 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-async def ws_messages(ws, count: int, timeout: float = 5.0) -> list[dict]:
+# Sent to every authenticated WS on connect (SPEC 5, 8): tests of other things
+# do not count it; the inbox tests read it on purpose (skip=()).
+CONNECT_COUNT = ("unread_count",)
+
+
+async def ws_messages(ws, count: int, timeout: float = 5.0, skip=CONNECT_COUNT) -> list[dict]:
     """Read until ``count`` JSON messages arrived (frames may batch several, one per line)."""
     out: list[dict] = []
     async with asyncio.timeout(timeout):
         while len(out) < count:
             frame = await ws.recv()
-            out.extend(json.loads(line) for line in frame.split("\n"))
+            out.extend(m for m in map(json.loads, frame.split("\n")) if m.get("op") not in skip)
     return out
 
 

@@ -78,11 +78,11 @@ def test_mounted_endpoints_answer_under_the_prefix(embedded):
     assert httpx.get(embedded + "/rt/nope").status_code == 404
 
 
-async def test_in_process_hub_health_reports_draining():
+async def test_in_process_hub_health_reports_draining(tmp_path):
     """hub.stop() drains: /healthz says 503 from then on."""
     from hubbub import Config, Hub
 
-    hub = Hub(Config(dev=True))
+    hub = Hub(Config(dev=True, data_dir=str(tmp_path)))  # its inbox store, not in the repo
     transport = httpx.ASGITransport(app=hub.asgi())
     async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
         assert (await client.get("/healthz")).status_code == 200

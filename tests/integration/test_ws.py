@@ -99,8 +99,9 @@ async def test_unsubscribe_stops_delivery(hub, port_kind):
     ('{"op": "publish", "topic": "a.*", "data": 1, "id": 9}', 400, "wildcards are only for"),
     ('{"op": "publish", "topic": "a", "id": 9}', 400, "needs 'data'"),
     ('{"op": "publish", "topic": "$sys.x", "data": 1, "id": 9}', 403, "not allowed to publish"),
-    ('{"op": "auth", "token": "x", "id": 9}', 400, "already authenticated"),
-    ('{"op": "presence", "topic": "a", "id": 9}', 404, "presence is not available"),
+    ('{"op": "auth", "id": 9}', 400, "needs a 'token'"),  # upgrades are in test_presence.py
+    ('{"op": "presence", "id": 9}', 400, "presence needs 'topic'"),
+    ('{"op": "presence", "topic": "a..b", "id": 9}', 400, "empty segment"),
 ])
 async def test_bad_frames_get_an_error_and_the_connection_stays(hub, port_kind, frame, code, fragment):
     p = topic_prefix()

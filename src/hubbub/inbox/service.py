@@ -137,6 +137,12 @@ class Inbox:
         """What a connection of ``user`` is told on connect (``unread_count``)."""
         return await self.store.unread_count(user)
 
+    async def unread_count_in_order(self, user: str) -> int:
+        """The count read in line with the user's changes: sent on connect, it
+        can never arrive after (and so overwrite) the count of a newer change."""
+        async with self._serialized(user):
+            return await self.store.unread_count(user)
+
     # -- helpers ---------------------------------------------------------------
     async def _emit_count(self, user: str) -> None:
         await self._emit(user, "unread_count", {"count": await self.store.unread_count(user)})

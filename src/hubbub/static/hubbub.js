@@ -866,9 +866,13 @@ var hubbub = (function () {
       client._hubEvent("reset", answer.reset, answer.last_id);
     }
     if (answer.dropped) client._emit("dropped", {count: answer.dropped});
-    (answer.messages || []).forEach(function (envelope) {
-      if (!client.closed) client._deliver(envelope);
+    (answer.messages || []).forEach(function (item) {
+      if (client.closed) return;
+      // Publications have a topic; a user's inbox events ({event, data}) do not.
+      if (item.topic === undefined && HUB_EVENTS.indexOf(item.event) >= 0) client._hubEvent(item.event, item.data);
+      else client._deliver(item);
     });
+    if (answer.unread_count != null && !client.closed) client._hubEvent("unread_count", {count: answer.unread_count});
     // last_id is where the next poll resumes even when nothing came.
     if (answer.last_id != null) client.lastEventId = answer.last_id;
   };

@@ -24,8 +24,9 @@ from ..errors import HubError
 from ..history import Gap
 from ..operations import OperationsRoutes
 from ..ops import WSSession
+from ..inbox import NotificationEndpoints
 from .http import (PUBLISH_MAX_BODY, SSE_HEADERS, PublishEndpoint, error_body, health, open_sse,
-                   open_subscriber, resume_point)
+                   open_subscriber, presence_endpoint, resume_point)
 from .static import send_static, static_response
 
 if TYPE_CHECKING:
@@ -34,9 +35,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("hubbub.asgi")
 
 # A client that answered one hub ping and then stays silent this many
-# heartbeats is taken for dead. (A client that never answers pings, such as a
-# bare listener, is left to TCP: the app cannot tell it from a dead one.)
+# liveness periods is taken for dead; the check runs every period, so it is
+# closed within 3 periods, which is at most PRESENCE_TTL. (A client that never
+# answers pings, such as a bare listener, is left to TCP: the app cannot tell
+# it from a dead one.)
 MISSED_PINGS_BEFORE_CLOSE = 2
+PRESENCE_PREFIX = "/presence/"
 
 
 class ASGISender:
@@ -160,7 +164,9 @@ class ASGIWebSocket(ASGISender):
         if self.answers_pings and now - self.last_seen > self.interval * MISSED_PINGS_BEFORE_CLOSE:
             self.conn.close(CLOSE_SHUTDOWN, "no answer to pings")
             return
-        if idle:
+        # Ping a client that has been silent a period even while we write to
+        # it: liveness is about what it sends, not about what we send.
+        if idle or now - self.last_seen >= self.interval:
             self.pinged_at = now
             self.write(wire.WS_PING)
 
@@ -289,6 +295,8 @@ class HubApp:
     async def _http(self, scope: dict, receive, send, path: str) -> None:
         method = scope["method"]
         request = request_of(scope, path)
+        if await self._inbox_and_presence(receive, send, method, path, request):
+            return
         if path == "/sse" and method == "GET":
             await self._sse(receive, send, request)
         elif path == "/publish" and method == "POST":
@@ -315,6 +323,35 @@ class HubApp:
             await _json(send, 405, error_body(405, f"{method} is not allowed on {path}"))
         else:
             await _json(send, 404, error_body(404, f"no such endpoint {path}"))
+
+    # -- /notifications (SPEC 8) and /presence/{topic} (SPEC 10) ------------------
+    async def _inbox_and_presence(self, receive, send, method: str, path: str,
+                                  request: Request) -> bool:
+        """Answer the inbox and presence routes; False for any other path."""
+        hub = self.hub
+        if NotificationEndpoints.handles(path):
+            endpoints = hub.notifications
+            if endpoints is None:  # the store is down or not open yet
+                reason = f"notification store unavailable: {hub.inbox_error}"
+                await _json(send, 503, error_body(503, reason))
+                return True
+            try:
+                body = await _read_body(receive, endpoints.max_body) if method == "POST" else b""
+            except HubError as error:
+                await _json(send, error.code, error_body(error.code, error.reason))
+                return True
+            status, payload, headers = await endpoints.route(method, path, request, body)
+            await _json(send, status, payload, headers)
+            return True
+        if path.startswith(PRESENCE_PREFIX):
+            if method not in ("GET", "HEAD"):
+                await _json(send, 405, error_body(405, f"{method} is not allowed on {path}"),
+                            [("allow", "GET")])
+                return True
+            status, payload, headers = await presence_endpoint(hub, request, path[len(PRESENCE_PREFIX):])
+            await _json(send, status, payload, headers)
+            return True
+        return False
 
     async def _sse(self, receive, send, request: Request) -> None:
         hub = self.hub
@@ -355,18 +392,27 @@ class HubApp:
                 try:
                     replay = hub.replay(conn, list(conn.subscriptions), since)
                 except Gap as gap:
-                    return 200, orjson.dumps({"messages": [], "last_id": start_id, "reset": {
-                        "topics": list(conn.subscriptions), "reason": gap.reason}})
+                    answer_reset = {"messages": [], "last_id": start_id, "reset": {
+                        "topics": list(conn.subscriptions), "reason": gap.reason}}
+                    unread = await hub.unread_count_or_none(conn.principal.user)
+                    if unread is not None:
+                        answer_reset["unread_count"] = unread
+                    return 200, orjson.dumps(answer_reset)
                 if replay:
                     body = b",".join(kept.frames[wire.POLL] for kept in replay)
-                    return 200, _poll_body(body, replay[-1].event_id)
+                    unread = await hub.unread_count_or_none(conn.principal.user)
+                    return 200, _poll_body(body, replay[-1].event_id, 0, unread)
             if timeout > 0 and not conn.has_pending():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await answer.done
+            # Every answer tells a user its unread count: a poll client is not
+            # connected between polls, so this is how it catches up.
+            unread = await hub.unread_count_or_none(conn.principal.user)
             conn.flush()  # whatever is queued now, flusher round or not
             body = answer.body or b""
-            return 200, _poll_body(body, _last_id(body) or since or start_id, conn.outbox.take_dropped())
+            return 200, _poll_body(body, _last_id(body) or since or start_id, conn.outbox.take_dropped(),
+                                   unread)
         finally:
             watcher.cancel()
             conn.close(CLOSE_SHUTDOWN)
@@ -382,7 +428,7 @@ class HubApp:
             await send({"type": "websocket.close", "code": CLOSE_SHUTDOWN})
             return
         await send({"type": "websocket.accept"})
-        ws = ASGIWebSocket(send, hub.config.heartbeat, self.text_of)
+        ws = ASGIWebSocket(send, hub.config.liveness_period, self.text_of)
         conn = ws.conn = Connection(hub, wire.WS, ANONYMOUS, ws)
         session = WSSession(hub, conn, request)
         sender = asyncio.ensure_future(_run_sender(ws))
@@ -444,9 +490,14 @@ def _poll_timeout(request: Request) -> float:
     return value
 
 
-def _poll_body(envelopes: bytes, last_id: str | None, dropped: int = 0) -> bytes:
-    tail = b',"dropped":%d}' % dropped if dropped else b"}"
-    return b'{"messages":[' + envelopes + b'],"last_id":' + orjson.dumps(last_id) + tail
+def _poll_body(envelopes: bytes, last_id: str | None, dropped: int = 0,
+               unread_count: int | None = None) -> bytes:
+    """A poll answer. ``messages`` holds publication envelopes (they have a
+    ``topic``) and, for a user, inbox events ``{"event": .., "data": ..}``."""
+    tail = b',"dropped":%d' % dropped if dropped else b""
+    if unread_count is not None:
+        tail += b',"unread_count":%d' % unread_count
+    return b'{"messages":[' + envelopes + b'],"last_id":' + orjson.dumps(last_id) + tail + b"}"
 
 
 def _logging_send(scope: dict, path: str, send):

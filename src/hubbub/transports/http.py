@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..auth import Unauthorized
+from ..auth import Unauthorized, may_subscribe
 from ..errors import HubError
 from ..history import Gap
+from ..topics import TopicError, validate_pattern
 from ..wire import SSE, SSE_PREAMBLE, sse_event
 
 if TYPE_CHECKING:
@@ -113,10 +114,10 @@ SSE_HEADERS = [
 ]
 
 
-async def open_subscriber(hub: "Hub", request: "Request", make_conn):
+async def open_subscriber(hub: "Hub", request: "Request", make_conn, presence: bool = False):
     """Admit, authenticate and subscribe the ``topic=`` patterns of an SSE or
     poll request; returns the attached connection. Raises HubError (400, 401,
-    403, 429) before anything is attached."""
+    403, 429) before anything is attached. ``presence``: join/leave events."""
     hub.admit(request.client)
     principal = await hub.auth.principal(request)
     if principal is None:
@@ -128,7 +129,7 @@ async def open_subscriber(hub: "Hub", request: "Request", make_conn):
     hub.attach(conn)
     try:
         for pattern in topics:
-            hub.subscribe(conn, pattern, request.first("filter"))
+            hub.subscribe(conn, pattern, request.first("filter"), presence)
     except HubError:
         conn.lost()
         raise
@@ -138,7 +139,8 @@ async def open_subscriber(hub: "Hub", request: "Request", make_conn):
 async def open_sse(hub: "Hub", request: "Request", make_conn) -> tuple[Any, Response | bytes]:
     """Open an SSE stream: (connection, the stream's first bytes) or (None, an error response)."""
     try:
-        conn = await open_subscriber(hub, request, make_conn)
+        conn = await open_subscriber(hub, request, make_conn,
+                                     presence=request.first("presence") in ("1", "true"))
     except HubError as error:
         return None, error_response(error)
     try:
@@ -151,7 +153,30 @@ async def open_sse(hub: "Hub", request: "Request", make_conn) -> tuple[Any, Resp
     except BaseException:
         conn.lost()  # attached but never streamed: nothing else would release it
         raise
+    # unread_count follows `connected`: the transport writes the hello before
+    # this background read of the store can answer.
+    hub.greet(conn)
     return conn, hello
+
+
+async def presence_endpoint(hub: "Hub", request: "Request", topic: str) -> Response:
+    """``GET /presence/{topic}``: the API key, or a user allowed to subscribe to it."""
+    try:
+        try:
+            topic = validate_pattern(topic)
+        except TopicError as error:
+            raise HubError(400, str(error)) from None
+        try:
+            hub.auth.check_api_key(request)
+        except Unauthorized:
+            principal = await hub.auth.principal(request)  # a bad token: 401
+            if principal is None:
+                raise Unauthorized("an API key or a user token is required") from None
+            if not may_subscribe(principal, topic):
+                raise HubError(403, f"not allowed to see presence of {topic!r}") from None
+        return 200, await hub.presence.members(topic), []
+    except HubError as error:
+        return error_response(error)
 
 
 def resume_point(request: "Request") -> str | None:

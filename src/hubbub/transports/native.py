@@ -87,7 +87,7 @@ class NativeServer:
 
     def ws_protocol(self, listener_factory) -> WSProtocol:
         """picows' own server protocol, configured as ``ws_create_server`` would."""
-        heartbeat = self.hub.config.heartbeat
+        heartbeat = self.hub.config.liveness_period  # unused while picows' auto-ping is off
         return WSProtocol(
             None, None, False, listener_factory, picows_logger,
             True,  # disconnect on exception

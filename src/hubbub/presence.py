@@ -1,0 +1,153 @@
+"""Presence (SPEC 6, 10): who is subscribed to a topic right now.
+
+An entry is (topic, user): the topic is the subscription pattern exactly as
+the client gave it (a user subscribed to ``chat.room1`` is present in
+``chat.room1``; one subscribed to ``chat.>`` is present in ``chat.>``). Many
+connections (tabs) of one user are one entry with a connection count and the
+``info`` of the token that joined first.
+
+Who takes part:
+- connections of an authenticated user, over WS and SSE;
+- not anonymous connections (``--dev`` without a token): there is no one to
+  show, so they neither appear nor count;
+- not long-poll requests: each lives only while one poll waits, so a poll
+  client would leave and join again on every request.
+
+Join and leave events go only to connections that asked (WS subscribe
+``presence: true``, SSE ``presence=1``) on that same pattern, and only when a
+user's first connection joins or last one leaves; the connection whose
+subscribe caused a join is not told of it (it asks with the ``presence`` op
+or ``GET /presence/{topic}``). An entry goes away when the subscription does:
+unsubscribe, close, or a dead peer closed by the transport's liveness pings,
+which run often enough to take it out within PRESENCE_TTL (see
+``Config.liveness_period``).
+
+``PresenceStore`` is the replaceable part (a fleet's store would keep the
+counts in Redis and answer ``members`` from there); ``Presence`` is what the
+hub calls and owns the local watchers and event delivery.
+"""
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any
+
+from . import wire
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+
+class PresenceStore(abc.ABC):
+    """Per topic, per user: connection count and info."""
+
+    @abc.abstractmethod
+    def add(self, topic: str, user: str, info: Any) -> bool:
+        """One more connection of ``user`` in ``topic``; True when it is the first."""
+
+    @abc.abstractmethod
+    def remove(self, topic: str, user: str) -> Any:
+        """One connection fewer; the entry's info when that was the last, else ``KEEP``."""
+
+    @abc.abstractmethod
+    async def members(self, topic: str, max_list: int) -> dict[str, Any]:
+        """``{"users": [{user, info, connections}], "count", "connections"}``;
+        without ``users`` when ``count`` is over ``max_list``."""
+
+
+KEEP = object()  # ``remove``: the user still has connections in the topic
+
+
+class LocalPresence(PresenceStore):
+    """This process's presence: {topic: {user: [connections, info]}}."""
+
+    def __init__(self) -> None:
+        self.topics: dict[str, dict[str, list]] = {}
+
+    def add(self, topic: str, user: str, info: Any) -> bool:
+        users = self.topics.setdefault(topic, {})
+        entry = users.get(user)
+        if entry is None:
+            users[user] = [1, info]
+            return True
+        entry[0] += 1
+        return False
+
+    def remove(self, topic: str, user: str) -> Any:
+        users = self.topics.get(topic)
+        entry = users.get(user) if users else None
+        if entry is None:
+            return KEEP
+        entry[0] -= 1
+        if entry[0] > 0:
+            return KEEP
+        del users[user]
+        if not users:
+            del self.topics[topic]
+        return entry[1]
+
+    async def members(self, topic: str, max_list: int) -> dict[str, Any]:
+        users = self.topics.get(topic, {})
+        answer: dict[str, Any] = {"count": len(users),
+                                  "connections": sum(entry[0] for entry in users.values())}
+        if len(users) <= max_list:
+            answer["users"] = [{"user": user, "info": info, "connections": n}
+                               for user, (n, info) in users.items()]
+        return answer
+
+
+class Presence:
+    """What the hub calls on subscribe, unsubscribe and detach."""
+
+    def __init__(self, store: PresenceStore | None = None, max_list: int = 1000) -> None:
+        self.store = store or LocalPresence()
+        self.max_list = max_list
+        # topic -> connections that asked for join/leave events on it
+        self.watchers: dict[str, set[Connection]] = {}
+
+    @staticmethod
+    def takes_part(conn: "Connection") -> bool:
+        return conn.principal.user is not None and conn.fmt != wire.POLL
+
+    def subscribed(self, conn: "Connection", topic: str, watch: bool, new: bool) -> None:
+        """``conn`` subscribed to ``topic`` (``new``: not a re-subscribe of the same pattern)."""
+        if watch:
+            self.watchers.setdefault(topic, set()).add(conn)
+        else:
+            self._unwatch(conn, topic)
+        if new and self.takes_part(conn):
+            user = conn.principal.user
+            if self.store.add(topic, user, conn.principal.info):
+                self._announce("join", topic, user, conn.principal.info, skip=conn)
+
+    def unsubscribed(self, conn: "Connection", topic: str) -> None:
+        self._unwatch(conn, topic)
+        if self.takes_part(conn):
+            user = conn.principal.user
+            info = self.store.remove(topic, user)
+            if info is not KEEP:
+                self._announce("leave", topic, user, info)
+
+    async def members(self, topic: str) -> dict[str, Any]:
+        return {"topic": topic, **await self.store.members(topic, self.max_list)}
+
+    def _unwatch(self, conn: "Connection", topic: str) -> None:
+        watching = self.watchers.get(topic)
+        if watching is not None:
+            watching.discard(conn)
+            if not watching:
+                del self.watchers[topic]
+
+    def _announce(self, event: str, topic: str, user: str, info: Any,
+                  skip: "Connection | None" = None) -> None:
+        watching = self.watchers.get(topic)
+        if not watching:
+            return
+        payload = {"topic": topic, "user": user, "info": info}
+        frames = {}
+        for conn in watching:
+            if conn is skip:
+                continue
+            frame = frames.get(conn.fmt)
+            if frame is None:
+                frame = frames[conn.fmt] = wire.presence_event(conn.fmt, event, payload)
+            conn.send_control(frame)

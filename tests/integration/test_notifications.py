@@ -1,0 +1,206 @@
+"""The notification inbox (SPEC 8) through the real server: every endpoint on
+SQLite and on the real PostgreSQL, live events on every transport of the
+user (and of nobody else), restarts, a store that is down, and ``hub.notify``."""
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from hubbub import Hub
+from hubbub.config import Config
+
+from .helpers_user import KEY, SECURED_ENV, SSEReader, bearer, postgres_schema, ws_next, ws_quiet
+from .server import HubProcess, ws_connect
+from .tokens import token
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def inbox_hub(request, tmp_path_factory):
+    """A secured hub whose store is SQLite (a temp file) or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        process = HubProcess(dev=False, env=SECURED_ENV).start(tmp_path_factory.mktemp("sqlite"))
+        yield process
+        process.stop()
+        return
+    with postgres_schema() as url:
+        process = HubProcess(dev=False, env={**SECURED_ENV, "HUBBUB_STORE": url})
+        process.start(tmp_path_factory.mktemp("postgres"))
+        yield process
+        process.stop()
+
+
+def create(hub, user: str, title: str = "Payment", **fields) -> httpx.Response:
+    body = {"user": user, "title": title, "message": fields.pop("message", "Received"), **fields}
+    return httpx.post(hub.base + "/notifications", json=body, headers=KEY, timeout=10)
+
+
+def test_the_whole_lifecycle_over_http(inbox_hub):
+    hub, alice = inbox_hub, bearer(token("lc-alice"))
+    assert create(hub, "lc-alice").status_code == 201
+    records = [create(hub, "lc-alice", f"n{i}", level="warning", data={"i": i}).json() for i in range(4)]
+    assert records[0]["level"] == "warning" and records[0]["data"] == {"i": 0}
+    assert records[0]["read"] is False and records[0]["user"] == "lc-alice"
+
+    listing = httpx.get(hub.base + "/notifications", headers=alice, timeout=10).json()
+    assert [n["title"] for n in listing["notifications"]] == ["n3", "n2", "n1", "n0", "Payment"]
+    assert listing["unread_count"] == 5
+
+    page = httpx.get(hub.base + "/notifications?limit=2", headers=alice, timeout=10).json()
+    assert [n["title"] for n in page["notifications"]] == ["n3", "n2"]
+    rest = httpx.get(hub.base + f"/notifications?limit=2&before={page['next_before']}", headers=alice,
+                     timeout=10).json()
+    assert [n["title"] for n in rest["notifications"]] == ["n1", "n0"]
+
+    read = httpx.post(hub.base + f"/notifications/{records[1]['id']}/read", headers=alice, timeout=10)
+    assert read.status_code == 200 and read.json()["read"] is True
+    unread = httpx.get(hub.base + "/notifications?unread=1", headers=alice, timeout=10).json()
+    assert records[1]["id"] not in [n["id"] for n in unread["notifications"]]
+    assert unread["unread_count"] == 4
+
+    deleted = httpx.delete(hub.base + f"/notifications/{records[2]['id']}", headers=alice, timeout=10)
+    assert deleted.status_code == 200 and deleted.json() == {"id": records[2]["id"], "deleted": True}
+    again = httpx.delete(hub.base + f"/notifications/{records[2]['id']}", headers=alice, timeout=10)
+    assert again.status_code == 404
+
+    all_read = httpx.post(hub.base + "/notifications/read-all", headers=alice, timeout=10).json()
+    assert all_read == {"marked_read": 3, "unread_count": 0}
+
+
+@pytest.mark.parametrize("body, code, field", [
+    ({"user": "v", "title": "t", "message": "m", "level": "fatal"}, 400, "level"),
+    ({"user": "v", "title": "t", "message": 5}, 400, "message"),
+    ({"user": "v", "title": "t", "message": "m", "data": "x" * 70_000}, 400, "data"),  # over MAX_MESSAGE_BYTES
+    ({"title": "t", "message": "m"}, 400, "user"),
+])
+def test_bad_notifications_name_the_field(inbox_hub, body, code, field):
+    response = httpx.post(inbox_hub.base + "/notifications", json=body, headers=KEY, timeout=10)
+    assert response.status_code == code and field in response.json()["reason"]
+
+
+def test_auth_and_body_limits(inbox_hub):
+    hub = inbox_hub
+    assert httpx.post(hub.base + "/notifications", json={"user": "a", "title": "t", "message": "m"},
+                      timeout=10).status_code == 401  # no API key
+    assert httpx.post(hub.base + "/notifications", json={"user": "a", "title": "t", "message": "m"},
+                      headers=bearer(token("a")), timeout=10).status_code == 401  # a user is no API key
+    assert httpx.get(hub.base + "/notifications", headers=KEY, timeout=10).status_code == 401
+    huge = httpx.post(hub.base + "/notifications", content=b"{" + b" " * (2 << 20) + b"}",
+                      headers={**KEY, "content-type": "application/json"}, timeout=10)
+    assert huge.status_code == 413
+    assert httpx.get(hub.base + "/notifications?limit=500", headers=bearer(token("a")),
+                     timeout=10).status_code == 400
+    assert httpx.put(hub.base + "/notifications/read-all", headers=bearer(token("a")),
+                     timeout=10).status_code == 405
+
+
+def test_two_users_never_see_each_other(inbox_hub):
+    hub = inbox_hub
+    secret = create(hub, "iso-alice", "private").json()
+    mine = create(hub, "iso-bob", "bob's").json()
+    bob = bearer(token("iso-bob"))
+    listing = httpx.get(hub.base + "/notifications", headers=bob, timeout=10).json()
+    assert [n["id"] for n in listing["notifications"]] == [mine["id"]]
+    for method, path in [("POST", f"/notifications/{secret['id']}/read"),
+                         ("DELETE", f"/notifications/{secret['id']}")]:
+        response = httpx.request(method, hub.base + path, headers=bob, timeout=10)
+        assert response.status_code == 404  # not 403: no hint that it exists
+    # ... and the same 404 for an id that never existed
+    missing = httpx.delete(hub.base + "/notifications/999999999", headers=bob, timeout=10)
+    assert missing.json()["reason"].replace("999999999", secret["id"]) == \
+        httpx.delete(hub.base + f"/notifications/{secret['id']}", headers=bob, timeout=10).json()["reason"]
+    alice = httpx.get(hub.base + "/notifications", headers=bearer(token("iso-alice")), timeout=10).json()
+    assert alice["notifications"][0]["read"] is False and alice["unread_count"] == 1
+
+
+async def test_live_events_reach_every_transport_of_the_user_only(inbox_hub, port_kind):
+    hub = inbox_hub
+    user, other = f"live-{port_kind}", f"other-{port_kind}"
+    alice, bob = token(user), token(other)
+    async with httpx.AsyncClient(timeout=30) as client:
+        async with ws_connect(hub.url(port_kind, f"/ws?token={alice}", "ws")) as ws, \
+                ws_connect(hub.url(port_kind, f"/ws?token={bob}", "ws")) as bystander, \
+                SSEReader(client, hub.url(port_kind, f"/sse?topic=public.x&token={alice}")) as sse:
+            assert (await ws_next(ws, "unread_count"))["data"] == {"count": 0}  # on connect
+            assert (await ws_next(bystander, "unread_count"))["data"] == {"count": 0}
+            assert (await sse.next("connected"))[1]["user"] == user
+            assert await sse.next() == ("unread_count", {"count": 0})  # right after connected
+
+            poll = asyncio.ensure_future(client.get(hub.url("asgi", f"/poll?topic=public.x&timeout=10"
+                                                            f"&token={alice}")))
+            await asyncio.sleep(0.5)  # the poll is waiting
+            record = create(hub, user, "live", data={"k": 1}).json()
+
+            assert (await ws_next(ws, "notification"))["data"] == record
+            assert (await ws_next(ws, "unread_count"))["data"] == {"count": 1}
+            assert await sse.next() == ("notification", record)
+            assert await sse.next() == ("unread_count", {"count": 1})
+            answer = (await poll).json()
+            assert {"event": "notification", "data": record} in answer["messages"]
+            assert answer["unread_count"] == 1
+
+            gone = httpx.delete(hub.base + f"/notifications/{record['id']}", headers=bearer(alice), timeout=10)
+            assert gone.status_code == 200
+            assert (await ws_next(ws, "notification_deleted"))["data"] == {"id": record["id"]}
+            assert (await ws_next(ws, "unread_count"))["data"] == {"count": 0}
+            assert await sse.next() == ("notification_deleted", {"id": record["id"]})
+            assert await sse.next() == ("unread_count", {"count": 0})
+
+            create(hub, user, "second")
+            assert (await ws_next(ws, "unread_count"))["data"] == {"count": 1}
+            httpx.post(hub.base + "/notifications/read-all", headers=bearer(alice), timeout=10)
+            assert (await ws_next(ws, "unread_count"))["data"] == {"count": 0}
+            await ws_quiet(bystander, 0.5)  # another user's connections heard nothing
+
+
+async def test_a_restart_keeps_notifications_and_counts(tmp_path):
+    hub = HubProcess(dev=False, env=SECURED_ENV).start(tmp_path)
+    try:
+        kept = [create(hub, "rs-alice", f"n{i}").json() for i in range(3)]
+        httpx.post(hub.base + f"/notifications/{kept[0]['id']}/read", headers=bearer(token("rs-alice")),
+                   timeout=10)
+        hub.stop()
+        hub.start(tmp_path)
+        listing = httpx.get(hub.base + "/notifications", headers=bearer(token("rs-alice")), timeout=10).json()
+        assert [n["id"] for n in listing["notifications"]] == [k["id"] for k in reversed(kept)]
+        assert listing["unread_count"] == 2
+        async with ws_connect(hub.url("native", f"/ws?token={token('rs-alice')}", "ws")) as ws:
+            assert (await ws_next(ws, "unread_count"))["data"] == {"count": 2}  # offline queue
+    finally:
+        hub.stop()
+
+
+async def test_a_store_that_is_down_costs_only_the_inbox(tmp_path):
+    # Nothing listens on port 1: the store never opens.
+    hub = HubProcess(dev=False, env={**SECURED_ENV,
+                                     "HUBBUB_STORE": "postgresql://postgres@127.0.0.1:1/test"}).start(tmp_path)
+    try:
+        response = httpx.get(hub.base + "/notifications", headers=bearer(token("down")), timeout=10)
+        assert response.status_code == 503 and "store unavailable" in response.json()["reason"]
+        assert create(hub, "down").status_code == 503
+        async with ws_connect(hub.url("asgi", f"/ws?token={token('down')}&topic=public.down", "ws")) as ws:
+            [event_id] = hub.publish({"topic": "public.down", "data": 1}, headers=KEY)
+            assert (await ws_next(ws, "message"))["id"] == event_id  # publications flow
+        assert "notification store unavailable" in hub.output()
+    finally:
+        hub.stop()
+
+
+async def test_hub_notify_from_application_code(tmp_path):
+    """``await hub.notify(...)`` stores and delivers like the endpoint (embedded hub)."""
+    config = Config.from_env({**SECURED_ENV, "HUBBUB_STORE": f"sqlite:///{tmp_path}/app.db"})
+    hub = Hub(config)
+    server = await hub.listen("127.0.0.1", 0)
+    try:
+        async with ws_connect(f"ws://127.0.0.1:{server.port}/ws?token={token('app-user')}") as ws:
+            assert (await ws_next(ws, "unread_count"))["data"] == {"count": 0}
+            record = await hub.notify("app-user", "Payment", "Received", level="success", data={"x": 1})
+            assert record["level"] == "success" and record["data"] == {"x": 1}
+            assert (await ws_next(ws, "notification"))["data"] == record
+            assert (await ws_next(ws, "unread_count"))["data"] == {"count": 1}
+        with pytest.raises(Exception) as bad:
+            await hub.notify("app-user", "t", "m", level="loud")
+        assert getattr(bad.value, "code", None) == 400 and "level" in str(bad.value)
+    finally:
+        await hub.stop()
