@@ -35,6 +35,7 @@ from .errors import Forbidden, HubError
 from .filters import FilterError, compile_filter, validate_tags
 from .history import HISTORY_GAP, Gap, History, Kept
 from .limits import PerKeyLimiter
+from .memory import FreedMemory
 from .priority import Priority
 from .telemetry import Telemetry
 from .topics import TopicError, validate_pattern, validate_topic
@@ -97,6 +98,7 @@ class Hub:
         self._expiry: asyncio.Task | None = None
         self._heartbeat: asyncio.Task | None = None
         self.flusher = Flusher(self.config.flush_delay / 1000)
+        self.freed = FreedMemory()  # backlogs let go of in bulk, given back to the OS (memory.py)
         # Metrics (telemetry.py): publications per topic since the last
         # one-second sample, for the dashboard's busiest topics.
         self.topic_publications: dict[str, int] = {}
@@ -194,6 +196,7 @@ class Hub:
             await asyncio.sleep(self.config.liveness_period)
             for conn in list(self.connections.values()):
                 conn.heartbeat()
+            self.freed.maybe_trim()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None):
@@ -256,6 +259,8 @@ class Hub:
             self.presence.unsubscribed(conn, pattern)
         conn.subscriptions.clear()
         self.dropped_closed += conn.outbox.dropped_total
+        self.freed.add(conn.outbox.nbytes)
+        conn.outbox.clear()  # a backlog is never owed once the connection closes: free it now
         user = conn.principal.user
         if user is not None:
             self.users[user] -= 1
