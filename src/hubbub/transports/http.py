@@ -5,6 +5,7 @@ headers), so the ASGI app and the native listener answer byte-for-byte alike.
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -113,7 +114,8 @@ def health(hub: "Hub") -> Response:
         return 503, {"status": "draining" if hub.draining else "starting"}, []
     if not hub.broker.healthy:  # connections stay up, but publishes would fail: route elsewhere
         return 503, {"status": "backplane_unavailable", **hub.stats()}, []
-    return 200, {"status": "ok", **hub.stats()}, []
+    # "worker": which process answered, when several share the port (--workers N).
+    return 200, {"status": "ok", "worker": os.getpid(), **hub.stats()}, []
 
 
 SSE_HEADERS = [
