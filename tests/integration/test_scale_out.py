@@ -392,3 +392,19 @@ async def test_two_workers_on_one_port_are_one_hub(shared, nodes):
         url = proc.url("native" if i % 2 else "asgi", f"/ws?topic=w.*&since={ids[19]}", "ws")
         async with ws_connect(url) as ws:
             assert [m["data"] for m in await read(ws, 10)] == list(range(20, 30))
+
+
+# -- Idempotency-Key across nodes ---------------------------------------------------------
+async def test_one_idempotency_key_sent_to_two_nodes_at_once_publishes_once(shared, nodes):
+    a, b = nodes(*shared, count=2)
+    async with ws_connect(a.url("native", "/ws", "ws")) as ws:
+        await subscribe(ws, "idem.t")
+        async with httpx.AsyncClient(timeout=10) as client:
+            responses = await asyncio.gather(*(
+                client.post(proc.base + "/publish", json={"topic": "idem.t", "data": "once"},
+                            headers={"idempotency-key": "k-1"}) for proc in (a, b, a, b)))
+        assert {r.status_code for r in responses} == {200}
+        assert len({tuple(r.json()["ids"]) for r in responses}) == 1  # every answer names the one id
+        assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 3
+        await publish_many(b.base, [{"topic": "idem.t", "data": "next"}])
+        assert [m["data"] for m in await read(ws, 2)] == ["once", "next"]
