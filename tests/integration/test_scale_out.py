@@ -66,13 +66,26 @@ def nodes(tmp_path):
 
     def start(url: str, prefix: str, count: int = 1, args=(), env=None) -> list[HubProcess]:
         procs = [HubProcess(env={"HUBBUB_BACKPLANE": url, "HUBBUB_BACKPLANE_PREFIX": prefix,
-                                 "HUBBUB_CLIENT_PUBLISH_RATE": "1000", "HUBBUB_HEARTBEAT": "1",
+                                 "HUBBUB_CLIENT_PUBLISH_RATE": "1000",
                                  "HUBBUB_PRESENCE_TTL": str(PRESENCE_TTL), **(env or {})},
                             args=list(args)) for _ in range(count)]
         started.extend(procs)
+
+        def start_one(proc: HubProcess) -> HubProcess:
+            try:
+                return proc.start(tmp_path)
+            except RuntimeError as error:
+                if "in use" not in str(error):
+                    raise
+                # Another process took the free port between the pick and the bind: new ports.
+                again = HubProcess(env=proc.env | {"HUBBUB_PORT": "", "HUBBUB_FAST_PORT": ""},
+                                   args=proc.args)
+                again.env.update(HUBBUB_PORT=str(again.port), HUBBUB_FAST_PORT=str(again.fast_port))
+                started.append(again)
+                return again.start(tmp_path)
+
         with concurrent.futures.ThreadPoolExecutor(count) as pool:
-            list(pool.map(lambda p: p.start(tmp_path), procs))
-        return procs
+            return list(pool.map(start_one, procs))
 
     yield start
     for proc in started:
