@@ -80,6 +80,13 @@ def serve_command(args: argparse.Namespace) -> int:
         print("hubbub: refusing to start without " + " and ".join(config.missing_secrets())
               + " (or run with --dev to try it out)", file=sys.stderr)
         return EXIT_CONFIG
+    if config.workers > 1 and config.backplane == "memory":
+        # SPEC 1: N workers must be one hub; in-memory ones would be N hubs
+        # that silently miss each other's publications.
+        print(f"hubbub: refusing to start {config.workers} workers with HUBBUB_BACKPLANE=memory:"
+              " each worker would be a separate hub. Set HUBBUB_BACKPLANE=redis://HOST:PORT/DB"
+              " so the workers share publications, or run --workers 1", file=sys.stderr)
+        return EXIT_CONFIG
     # Workers rebuild the config from the environment: hand them the flags.
     for name, value in (("HOST", config.host), ("PORT", config.port), ("WORKERS", config.workers),
                         ("FAST_PORT", config.effective_fast_port), ("DEV", int(config.dev))):

@@ -43,6 +43,9 @@ class Config:
     jwt_audience: str = ""
     jwt_issuer: str = ""
     backplane: str = "memory"
+    # Every Redis key and channel of the fleet starts with this: fleets (or
+    # tests) sharing one Redis stay apart with different prefixes.
+    backplane_prefix: str = "hubbub:"
     store: str = "sqlite:///hubbub.db"
     data_dir: str = ""  # where a relative sqlite:/// path lives; empty: the working directory
     notification_ttl: float = 30 * 86400.0  # seconds a notification is kept
@@ -143,6 +146,8 @@ class Config:
               f"must be drop_oldest or disconnect, got {self.slow_consumer!r}")
         check("backplane", self.backplane == "memory" or self.backplane.startswith(("redis://", "rediss://")),
               f"must be memory or a redis:// URL, got {self.backplane!r}")
+        check("backplane_prefix", bool(self.backplane_prefix) and len(self.backplane_prefix) <= 100,
+              f"must be 1-100 characters, got {self.backplane_prefix!r}")
         sqlite_ok = self.store.startswith("sqlite:///") and len(self.store) > len("sqlite:///")
         check("store", sqlite_ok or self.store.startswith(("postgresql://", "postgres://")),
               f"must be sqlite:///PATH or a postgresql:// URL, got {self.store!r}")

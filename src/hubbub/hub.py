@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,9 @@ import orjson
 
 from . import wire
 from ._core import Subscription, Trie, fanout
+from . import fleet
 from .auth import AuthenticateHook, Authenticator, Principal, may_publish, may_subscribe
+from .backplane import broker_for
 from .config import Config
 from .connection import CLOSE_SHUTDOWN, CLOSE_SLOW, Connection
 from .flusher import Flusher
@@ -49,15 +50,18 @@ log = logging.getLogger("hubbub")
 MATCH_CACHE_SIZE = 16384
 MAX_SEQ_DIGITS = 19  # a sequence fits in 63 bits
 INBOX_RETRY_MAX = 30.0  # seconds between attempts to open a store that failed at start
+# How long a resume waits for this node to deliver an id it has not seen yet
+# (the client reached it before the publication did; see ``caught_up``).
+FUTURE_ID_WAIT = 1.0
 
 
 class Publication:
     """A validated publication, its data already JSON-encoded."""
 
-    __slots__ = ("topic", "data_json", "event", "priority", "key", "tags", "ephemeral")
+    __slots__ = ("topic", "data_json", "event", "priority", "key", "tags", "ephemeral", "ts")
 
     def __init__(self, topic: str, data_json: bytes, event: str, priority: int,
-                 key: str | None, tags: dict | None, ephemeral: bool) -> None:
+                 key: str | None, tags: dict | None, ephemeral: bool, ts: int | None = None) -> None:
         self.topic = topic
         self.data_json = data_json
         self.event = event
@@ -65,6 +69,9 @@ class Publication:
         self.key = key
         self.tags = tags
         self.ephemeral = ephemeral
+        # Milliseconds since the epoch, taken once where it was published, so
+        # every node delivers the same envelope and ages its history alike.
+        self.ts = int(time.time() * 1000) if ts is None else ts
 
 
 class Hub:
@@ -83,8 +90,14 @@ class Hub:
         self.inbox_error = "not started"
         self._inbox_opener: asyncio.Task | None = None
         self._greeters: set[asyncio.Task] = set()
-        self.epoch = secrets.token_hex(3)  # ids from an earlier run of this hub never match
-        self._event_seq = 0
+        # -- the backplane (SPEC 13): every publication goes through the broker
+        # and comes back through _receive, this node's own included.
+        self.broker = broker_for(self.config)
+        if self.broker.synchronous:  # usable before start, as a hub always was
+            self.broker.attach(self._receive)
+        self._event_seq = 0  # the newest seq delivered here
+        self._catching_up: list[tuple[int, asyncio.Future]] = []  # resumes waiting for a seq
+        self._starting: asyncio.Future | None = None
         self._fanout_seq = 0
         self.started = False
         self.draining = False
@@ -110,9 +123,28 @@ class Hub:
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
-        """Idempotent; a hub that was stopped stays stopped (draining)."""
+        """Idempotent; a hub that was stopped stays stopped (draining).
+
+        Raises BackplaneUnavailable (503) when the backplane cannot be
+        reached: a node does not start as a hub of its own.
+        """
         if self.started or self.draining:
             return
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        try:
+            await asyncio.shield(self._starting)
+        except BaseException:
+            if self._starting.done():
+                self._starting = None  # a failed start may be tried again
+            raise
+
+    async def _start(self) -> None:
+        # A node that starts late fills its history from the backplane's
+        # stream (as many as it keeps), so it can serve recovery for what was
+        # published before it started; coverage begins at the first one.
+        await self.broker.start(self._receive, backfill=getattr(self.broker, "stream_length", 0),
+                                on_epoch_change=self._on_epoch_change, on_gap=self._on_gap)
         self.started = True
         self._expiry = asyncio.ensure_future(self._expire_history())
         self._heartbeat = asyncio.ensure_future(self._heartbeats())
@@ -151,6 +183,10 @@ class Hub:
         inbox, self.inbox, self.notifications = self.inbox, None, None
         if inbox is not None:
             await inbox.stop()
+        starting = self._starting
+        if starting is not None and starting.done() and not starting.cancelled() \
+                and starting.exception() is None:
+            await self.broker.stop()
         self.started = False
 
     async def _open_inbox(self) -> bool:
@@ -410,20 +446,114 @@ class Hub:
     async def publish(self, topic: str, data: Any, *, event: str = "message",
                       priority: Any = Priority.NORMAL, key: str | None = None,
                       tags: dict[str, str] | None = None, ephemeral: bool = False) -> str | None:
-        """Publish from application code; returns the event id (None when ephemeral)."""
+        """Publish from application code; returns the event id (None when ephemeral).
+
+        Raises HubError 503 when the backplane cannot take it (nothing published).
+        """
         pub = self.prepare(topic, data, event=event, priority=priority, key=key, tags=tags,
                            ephemeral=ephemeral)
-        return self.deliver(pub)
+        return await self.submit(pub)
 
-    def client_publish(self, principal: Principal, msg: dict) -> str | None:
+    def client_publication(self, principal: Principal, msg: dict) -> Publication:
+        """A WS client's publish op, validated and authorized (not yet published)."""
         topic = msg.get("topic")
         if isinstance(topic, str) and not may_publish(principal, topic):
             raise Forbidden(f"not allowed to publish to {topic!r}")
         if "data" not in msg:
             raise HubError(400, "publish needs 'data'")
-        pub = self.prepare(topic, msg["data"], event=msg.get("event"),
-                           ephemeral=msg.get("ephemeral", False))
-        return self.deliver(pub)
+        return self.prepare(topic, msg["data"], event=msg.get("event"),
+                            ephemeral=msg.get("ephemeral", False))
+
+    async def client_publish(self, principal: Principal, msg: dict) -> str | None:
+        return await self.submit(self.client_publication(principal, msg))
+
+    # -- the one publish path: hand to the broker, deliver what it gives back --
+    async def submit(self, pub: Publication) -> str | None:
+        """Publish a prepared publication on any backplane; its event id."""
+        if self.broker.synchronous:
+            return self.publish_now(pub)
+        if self._stopping is not None:
+            raise HubError(503, "hub is shutting down")
+        await self.start()
+        numbered = await self.broker.publish(fleet.encode(pub), pub.ephemeral)
+        return None if numbered is None else f"{numbered[0]}-{numbered[1]}"
+
+    def publish_now(self, pub: Publication) -> str | None:
+        """Publish in this step, no await (only with a synchronous broker: memory).
+
+        The memory broker never leaves the process, so it carries the
+        Publication itself: nothing is encoded or decoded.
+        """
+        if self._stopping is not None:
+            raise HubError(503, "hub is shutting down")
+        numbered = self.broker.publish_now(pub, pub.ephemeral)
+        return None if numbered is None else f"{numbered[0]}-{numbered[1]}"
+
+    def deliver(self, pub: Publication) -> str | None:
+        """Kept for callers of the single-process API: ``publish_now``."""
+        return self.publish_now(pub)
+
+    @property
+    def epoch(self) -> str:
+        """The id space: the backplane's, shared by every node of the fleet."""
+        return self.broker.epoch
+
+    async def caught_up(self, event_id: Any, timeout: float = FUTURE_ID_WAIT) -> None:
+        """Wait (at most ``timeout``) until this node delivered ``event_id``.
+
+        A client may resume here with an id another node gave it before the
+        publication reached this node (its publish ack, or a message read
+        from a faster node). Resuming before it arrived would replay nothing
+        and then deliver, live, publications the client already has; so the
+        resume waits for delivery to catch up. An id still ahead after the
+        wait is treated as covered (see ``parse_event_id``).
+        """
+        if self.broker.synchronous or not isinstance(event_id, str):
+            return
+        epoch, _, seq = event_id.rpartition("-")
+        if epoch != self.epoch or not seq.isascii() or not seq.isdigit() or len(seq) > MAX_SEQ_DIGITS:
+            return
+        wanted = int(seq)
+        if wanted <= self._event_seq:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._catching_up.append((wanted, waiter))
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            self._catching_up = [(s, w) for s, w in self._catching_up if not w.done()]
+
+    def _receive(self, seq: int | None, payload: Any) -> None:
+        """The broker's ``on_publication``: one publication of the fleet, in seq order."""
+        pub = payload if isinstance(payload, Publication) else fleet.decode(payload, seq is None)
+        event_id = None
+        if seq is not None:
+            self._event_seq = seq
+            event_id = f"{self.broker.epoch}-{seq}"
+        self._fan_out(pub, event_id, seq)
+        if self._catching_up:
+            for wanted, waiter in self._catching_up:
+                if wanted <= self._event_seq and not waiter.done():
+                    waiter.set_result(None)
+
+    def _on_gap(self, upto: int) -> None:
+        """Publications up to ``upto`` that this node did not deliver never will be."""
+        self.history.forgotten_upto = max(self.history.forgotten_upto, upto)  # history_gap below it
+        self._event_seq = max(self._event_seq, upto)
+        if self.started and fleet.reset_all(self, HISTORY_GAP):  # at start there is nobody yet
+            log.warning("backplane: publications up to %s were lost to this node;"
+                        " live subscribers were reset", upto)
+
+    def _on_epoch_change(self, epoch: str) -> None:
+        """The backplane lost its data: old ids can no longer be resumed from."""
+        self.history = History(self.config.history_size, self.config.history_ttl)
+        self._event_seq = 0
+        if self.started:
+            fleet.reset_all(self, HISTORY_GAP)
 
     @property
     def last_event_id(self) -> str:
@@ -443,8 +573,14 @@ class Hub:
         # reach: str.isdigit() also accepts Unicode digits that int() rejects,
         # and a 5,000-digit number is no id of ours either.
         if (epoch != self.epoch or not seq or len(seq) > MAX_SEQ_DIGITS or not seq.isascii()
-                or not seq.isdigit() or int(seq) > self._event_seq):
+                or not seq.isdigit()):
             raise Gap(HISTORY_GAP)
+        if int(seq) > self._event_seq:
+            # From the future. Alone, no hub gave it out. In a fleet, another
+            # node may have (the resume already waited in ``caught_up``):
+            # it is covered, and replay has nothing after it yet.
+            if self.broker.synchronous:
+                raise Gap(HISTORY_GAP)
         return int(seq)
 
     def replay(self, conn: Connection, patterns: list[str], since: Any) -> list[Kept]:
@@ -464,23 +600,19 @@ class Hub:
         self.telemetry.replayed(len(kept))
         return kept
 
-    def deliver(self, pub: Publication) -> str | None:
-        # Draining refuses new subscribers at once, but publications still
+    def _fan_out(self, pub: Publication, event_id: str | None, seq: int | None) -> None:
+        # Draining refuses new publishes (submit), but publications still
         # reach the connections kept open through the drain grace.
-        if self._stopping is not None:
-            raise HubError(503, "hub is shutting down")
-        event_id = None
-        if not pub.ephemeral:
-            self._event_seq += 1
-            event_id = f"{self.epoch}-{self._event_seq}"
-        envelope = wire.envelope(pub.topic, event_id, pub.event, pub.data_json, int(time.time() * 1000))
+        envelope = wire.envelope(pub.topic, event_id, pub.event, pub.data_json, pub.ts)
         self.published += 1
         counts = self.topic_publications
         counts[pub.topic] = counts.get(pub.topic, 0) + 1
         frames = wire.frames(envelope, event_id, pub.event)
         if event_id is not None:
-            self.history.append(pub.topic, Kept(self._event_seq, event_id, frames, pub.tags,
-                                                time.monotonic() + self.config.history_ttl))
+            # Aged from when it was published, so a backfilled entry expires
+            # when it would have on the node that published it.
+            expires = time.monotonic() + self.config.history_ttl - max(0.0, time.time() - pub.ts / 1000)
+            self.history.append(pub.topic, Kept(seq, event_id, frames, pub.tags, expires))
         subs = self.trie.match(pub.topic)
         if subs:
             self._fanout_seq += 1
@@ -495,7 +627,6 @@ class Hub:
             for conn in overflowed:
                 self.telemetry.disconnect_drops += conn.outbox.count + 1  # its backlog and the refused one
                 conn.close(CLOSE_SLOW, "slow consumer")
-        return event_id
 
     # -- introspection --------------------------------------------------------
     def stats(self) -> dict[str, Any]:

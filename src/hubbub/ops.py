@@ -55,7 +55,8 @@ def query_subscriptions(hub: "Hub", conn: Connection, request: Request) -> list[
 class WSSession:
     # Slots, and the publish limiters made on first publish: most clients
     # only listen, and an idle connection should cost as little as possible.
-    __slots__ = ("hub", "conn", "request", "authenticated", "_auth_timer", "_publish_bucket", "_abuse")
+    __slots__ = ("hub", "conn", "request", "authenticated", "_auth_timer", "_publish_bucket", "_abuse",
+                 "_publishing")
 
     def __init__(self, hub: "Hub", conn: Connection, request: Request) -> None:
         self.hub = hub
@@ -65,6 +66,7 @@ class WSSession:
         self._auth_timer: asyncio.TimerHandle | None = None
         self._publish_bucket: TokenBucket | None = None
         self._abuse: AbuseCounter | None = None
+        self._publishing: asyncio.Future | None = None  # the last publish awaiting the backplane
 
     @property
     def publish_bucket(self) -> TokenBucket:
@@ -101,6 +103,8 @@ class WSSession:
         except HubError as error:
             self.conn.close(CLOSE_AUTH, error.reason)
             return
+        if self.request.first("since"):  # an id another node gave out: let it arrive here
+            await self.hub.caught_up(self.request.first("since"))
         if principal is None:
             # No credentials in the handshake: the first frame must be
             # {"op": "auth"} within AUTH_TIMEOUT seconds.
@@ -229,7 +233,27 @@ class WSSession:
                 self.conn.close(CLOSE_POLICY, "publish rate exceeded persistently")
                 return
             raise HubError(429, f"publish rate exceeded ({self.hub.config.client_publish_rate:g}/s)")
-        event_id = self.hub.client_publish(self.conn.principal, msg)
+        pub = self.hub.client_publication(self.conn.principal, msg)
+        if self.hub.broker.synchronous:  # the memory backplane: published in this step
+            event_id = self.hub.publish_now(pub)
+            self.conn.send_control(wire.ws_op("ack", id=request_id, event_id=event_id))
+            return
+        # Over a shared backplane publishing waits on it: chained, so one
+        # connection's publishes are numbered and acknowledged in the order sent.
+        self._publishing = asyncio.ensure_future(self._publish_after(self._publishing, pub, request_id))
+
+    async def _publish_after(self, previous: asyncio.Future | None, pub, request_id: Any) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        try:
+            event_id = await self.hub.submit(pub)
+        except HubError as error:
+            self.conn.send_control(wire.ws_error(error.code, error.reason, request_id))
+            return
+        except Exception:  # a task nobody awaits: say so to the client and the log
+            log.exception("publishing through the backplane failed")
+            self.conn.send_control(wire.ws_error(500, "internal error", request_id))
+            return
         self.conn.send_control(wire.ws_op("ack", id=request_id, event_id=event_id))
 
     def op_ping(self, msg: dict, request_id: Any) -> None:

@@ -10,6 +10,9 @@ broker and delivers what the broker gives back::
     await broker.stop()
     broker.epoch, broker.healthy
     await broker.remember_idempotency(key, ids, ttl) -> ids stored first | None
+    await broker.settle_idempotency(key, ids, ttl)    # overwrite a reservation
+    await broker.release_idempotency(key)
+    broker.synchronous / broker.publish_now(payload)  # memory only: no await, no task
     await broker.presence_update(topic, user, info, delta)   # delta = +1 / -1 connection
     await broker.presence_list(topic) -> {user: {"info": ..., "connections": n}}
 
@@ -126,5 +129,6 @@ def broker_for(config: Any) -> Broker:
         return MemoryBroker()
     from .redis_broker import RedisBroker
 
-    return RedisBroker(config.backplane, history_size=config.history_size,
+    return RedisBroker(config.backplane, prefix=config.backplane_prefix,
+                       history_size=config.history_size,
                        history_ttl=config.history_ttl, presence_ttl=config.presence_ttl)

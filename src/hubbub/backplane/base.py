@@ -29,6 +29,12 @@ class Broker:
 
     epoch: str
     healthy: bool
+    # True when publish_now works: numbering and delivery happen in the
+    # caller's own step (the memory broker), so sync callers need no task.
+    synchronous = False
+
+    def publish_now(self, payload: Any, ephemeral: bool = False) -> tuple[str, int] | None:
+        raise NotImplementedError
 
     async def start(self, on_publication: OnPublication, *, backfill: int = 0,
                     on_epoch_change: OnEpochChange | None = None,
@@ -42,6 +48,14 @@ class Broker:
         raise NotImplementedError
 
     async def remember_idempotency(self, key: str, ids: list, ttl: float) -> list | None:
+        raise NotImplementedError
+
+    async def settle_idempotency(self, key: str, ids: list, ttl: float) -> None:
+        """Replace what ``key`` holds (a reservation) with the ids published."""
+        raise NotImplementedError
+
+    async def release_idempotency(self, key: str) -> None:
+        """Forget ``key`` (the reserved publish failed: a retry may publish)."""
         raise NotImplementedError
 
     async def presence_update(self, topic: str, user: str, info: Any, delta: int) -> None:

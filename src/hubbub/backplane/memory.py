@@ -15,6 +15,8 @@ from .base import Broker, LocalPresence, OnEpochChange, OnGap, OnPublication
 
 
 class MemoryBroker(Broker):
+    synchronous = True
+
     def __init__(self, epoch: str | None = None) -> None:
         self.epoch = epoch or secrets.token_hex(4)  # ids from an earlier run never match
         self.healthy = True
@@ -29,9 +31,17 @@ class MemoryBroker(Broker):
                     on_gap: OnGap | None = None) -> None:
         # Nothing outlives the process, so there is nothing to backfill and
         # the epoch never changes while it runs.
+        self.attach(on_publication)
+
+    def attach(self, on_publication: OnPublication) -> None:
+        """``start`` without the await: a hub may publish before it was started."""
         self._on_publication = on_publication
 
     async def publish(self, payload: bytes, ephemeral: bool = False) -> tuple[str, int] | None:
+        return self.publish_now(payload, ephemeral)
+
+    def publish_now(self, payload: Any, ephemeral: bool = False) -> tuple[str, int] | None:
+        """``payload`` never leaves the process: the hub passes its object as is."""
         if self._on_publication is None:
             raise RuntimeError("MemoryBroker.publish before start")
         if ephemeral:
@@ -58,6 +68,14 @@ class MemoryBroker(Broker):
         self._idempotency[key] = (now + ttl, list(ids))
         heapq.heappush(expiry, (now + ttl, key))
         return None
+
+    async def settle_idempotency(self, key: str, ids: list, ttl: float) -> None:
+        kept = self._idempotency.get(key)
+        if kept is not None:
+            self._idempotency[key] = (kept[0], list(ids))
+
+    async def release_idempotency(self, key: str) -> None:
+        self._idempotency.pop(key, None)
 
     async def presence_update(self, topic: str, user: str, info: Any, delta: int) -> None:
         self._presence.update(topic, user, info, delta)

@@ -366,6 +366,19 @@ class RedisBroker(Broker):
             raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
         return None if kept is None else orjson.loads(kept)
 
+    async def settle_idempotency(self, key: str, ids: list, ttl: float) -> None:
+        try:  # XX: only a reservation still there (an expired one is not revived)
+            await self._redis.set(f"{self.prefix}idempotency:{key}", orjson.dumps(ids),
+                                  px=max(1, int(ttl * 1000)), xx=True)
+        except _UNREACHABLE as error:
+            raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
+
+    async def release_idempotency(self, key: str) -> None:
+        try:
+            await self._redis.delete(f"{self.prefix}idempotency:{key}")
+        except _UNREACHABLE as error:
+            raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
+
     # -- presence -------------------------------------------------------------
     def _presence_key(self, topic: str) -> str:
         return f"{self.prefix}presence:{self.node}:{topic}"  # node first: topics may hold ':'

@@ -305,7 +305,7 @@ class HubApp:
             except HubError as error:
                 await _json(send, error.code, error_body(error.code, error.reason))
                 return
-            status, payload, headers = self.publish_endpoint(request, body)
+            status, payload, headers = await self.publish_endpoint(request, body)
             await _json(send, status, payload, headers)
         elif path == "/poll" and method == "GET":
             status, payload = await self._poll(receive, request)

@@ -5,13 +5,14 @@ headers), so the ASGI app and the native listener answer byte-for-byte alike.
 """
 from __future__ import annotations
 
-import time
+import os
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..auth import Unauthorized, may_subscribe
 from ..errors import HubError
+from ..fleet import IdempotencyGuard
 from ..history import Gap
 from ..topics import TopicError, validate_pattern
 from ..wire import SSE, SSE_PREAMBLE, sse_event
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 PUBLISH_MAX_BODY = 1 << 20
 IDEMPOTENCY_TTL = 300.0
-IDEMPOTENCY_MAX_KEYS = 100_000
 PUBLICATION_FIELDS = {"topic", "data", "event", "priority", "key", "tags", "ephemeral"}
 
 Response = tuple[int, Any, list[tuple[str, str]]]
@@ -38,28 +38,53 @@ def error_response(error: HubError) -> Response:
 
 
 class PublishEndpoint:
-    """``POST /publish``: one publication or an array; Idempotency-Key replays."""
+    """``POST /publish``: one publication or an array; Idempotency-Key replays.
+
+    Idempotency keys live in the backplane (in the process with the memory
+    broker, in Redis across the fleet): the key is reserved before anything
+    is published, so the same key sent to two nodes at once publishes once.
+    """
 
     def __init__(self, hub: "Hub") -> None:
         self.hub = hub
-        self._seen: dict[str, tuple[float, list]] = {}
+        self.idempotency = IdempotencyGuard(hub.broker, IDEMPOTENCY_TTL)
 
-    def __call__(self, request: "Request", body: bytes) -> Response:
+    async def __call__(self, request: "Request", body: bytes) -> Response:
+        key = None
         try:
             self.hub.auth.check_api_key(request)
+            prepared = self._prepare(body)  # a bad request is refused before the key is claimed
             key = request.header("idempotency-key")
             if key is not None:
-                remembered = self._recall(key)
+                remembered = await self.idempotency.claim(key)
                 if remembered is not None:
                     return 200, {"ids": remembered}, [("idempotent-replayed", "true")]
-            ids = self._publish(body)
+            ids = await self._publish(prepared)
+            if key is not None:
+                await self.idempotency.settle(key, ids)
         except HubError as error:
+            if key is not None and error.code != 409:
+                await self.idempotency.release(key)  # nothing was published: a retry may
             return error_response(error)
-        if key is not None:
-            self._remember(key, ids)
         return 200, {"ids": ids}, []
 
-    def _publish(self, body: bytes) -> list:
+    async def _publish(self, prepared: list) -> list:
+        # All validated first: a batch is published whole or not at all.
+        # (With the memory broker it cannot fail half-way. Over Redis each
+        # publication is one atomic script; an outage in the middle of a
+        # batch fails the rest with 503 and names the ids already published.)
+        ids = []
+        for pub in prepared:
+            try:
+                ids.append(await self.hub.submit(pub))
+            except HubError as error:
+                if not ids:
+                    raise
+                raise HubError(error.code, f"{error.reason}; published before the failure:"
+                                           f" {ids}") from None
+        return ids
+
+    def _prepare(self, body: bytes) -> list:
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as error:
@@ -82,29 +107,16 @@ class PublishEndpoint:
                 prepared.append(self.hub.prepare(**item))
             except HubError as error:
                 raise HubError(error.code, where + error.reason) from None
-        # All validated first: a batch is published whole or not at all.
-        return [self.hub.deliver(pub) for pub in prepared]
-
-    def _recall(self, key: str) -> list | None:
-        hit = self._seen.get(key)
-        if hit is None or hit[0] < time.monotonic():
-            return None
-        return hit[1]
-
-    def _remember(self, key: str, ids: list) -> None:
-        now = time.monotonic()
-        if len(self._seen) >= IDEMPOTENCY_MAX_KEYS:
-            for old in [k for k, (expires, _) in self._seen.items() if expires < now]:
-                del self._seen[old]
-            while len(self._seen) >= IDEMPOTENCY_MAX_KEYS:
-                del self._seen[next(iter(self._seen))]
-        self._seen[key] = (now + IDEMPOTENCY_TTL, ids)
+        return prepared
 
 
 def health(hub: "Hub") -> Response:
     if hub.draining or not hub.started:
         return 503, {"status": "draining" if hub.draining else "starting"}, []
-    return 200, {"status": "ok", **hub.stats()}, []
+    if not hub.broker.healthy:  # connections stay up, but publishes would fail: route elsewhere
+        return 503, {"status": "backplane_unavailable", **hub.stats()}, []
+    # "worker": which process answered, when several share the port (--workers N).
+    return 200, {"status": "ok", "worker": os.getpid(), **hub.stats()}, []
 
 
 SSE_HEADERS = [
@@ -138,6 +150,7 @@ async def open_subscriber(hub: "Hub", request: "Request", make_conn, presence: b
 
 async def open_sse(hub: "Hub", request: "Request", make_conn) -> tuple[Any, Response | bytes]:
     """Open an SSE stream: (connection, the stream's first bytes) or (None, an error response)."""
+    await hub.caught_up(resume_point(request))  # an id another node gave out: let it arrive
     try:
         conn = await open_subscriber(hub, request, make_conn,
                                      presence=request.first("presence") in ("1", "true"))
