@@ -476,6 +476,7 @@ class Hub:
             raise HubError(503, "hub is shutting down")
         await self.start()
         numbered = await self.broker.publish(fleet.encode(pub), pub.ephemeral)
+        self.published += 1  # counted where accepted: workers' and nodes' counts add up
         return None if numbered is None else f"{numbered[0]}-{numbered[1]}"
 
     def publish_now(self, pub: Publication) -> str | None:
@@ -487,6 +488,7 @@ class Hub:
         if self._stopping is not None:
             raise HubError(503, "hub is shutting down")
         numbered = self.broker.publish_now(pub, pub.ephemeral)
+        self.published += 1
         return None if numbered is None else f"{numbered[0]}-{numbered[1]}"
 
     def deliver(self, pub: Publication) -> str | None:
@@ -604,7 +606,6 @@ class Hub:
         # Draining refuses new publishes (submit), but publications still
         # reach the connections kept open through the drain grace.
         envelope = wire.envelope(pub.topic, event_id, pub.event, pub.data_json, pub.ts)
-        self.published += 1
         counts = self.topic_publications
         counts[pub.topic] = counts.get(pub.topic, 0) + 1
         frames = wire.frames(envelope, event_id, pub.event)

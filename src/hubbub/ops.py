@@ -263,7 +263,11 @@ class WSSession:
             self.conn.send_control(wire.ws_op("pong", id=request_id))
 
     def op_pong(self, msg: dict, request_id: Any) -> None:
-        pass  # answer to the hub's heartbeat ping: receiving it is the point
+        # The answer to the hub's app-level ping (ASGI port, where Granian
+        # hides protocol pings): the client speaks pong, so its liveness counts.
+        pong = getattr(self.conn.transport, "pong", None)
+        if pong is not None:
+            pong()
 
     def op_auth(self, msg: dict, request_id: Any) -> None:
         conn = self.conn

@@ -1,4 +1,9 @@
+import secrets
+
 import pytest
+import redis
+
+from tests.backplane.conftest import SHARED_URL, _unavailable, cleanup
 
 from .server import HubProcess
 
@@ -29,3 +34,18 @@ def make_hub(tmp_path):
 def port_kind(request):
     """Every contract test runs on PORT (ASGI under Granian) and FAST_PORT (native)."""
     return request.param
+
+
+@pytest.fixture
+def shared(tmp_path):
+    """(url, prefix) on the machine's Redis; the prefix's keys are deleted afterwards."""
+    client = redis.Redis.from_url(SHARED_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        _unavailable(f"Redis at 127.0.0.1:6379 is unreachable: {error}")
+    finally:
+        client.close()
+    prefix = f"hubbub-test-{secrets.token_hex(4)}:"
+    yield SHARED_URL, prefix
+    cleanup(SHARED_URL, prefix)

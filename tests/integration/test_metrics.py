@@ -242,8 +242,10 @@ def test_slow_consumer_disconnect_counts_4408_and_its_lost_backlog(make_hub):
 
 
 # -- workers of one machine add up ------------------------------------------------------------
-async def test_two_workers_add_up(make_hub):
-    hub = make_hub(args=["--workers", "2"], env={"HUBBUB_API_KEY": API_KEY})
+async def test_two_workers_add_up(make_hub, shared):
+    url, prefix = shared  # workers of one machine are one hub only over a backplane (SPEC 1)
+    hub = make_hub(args=["--workers", "2"], env={"HUBBUB_API_KEY": API_KEY, "HUBBUB_BACKPLANE": url,
+                                                 "HUBBUB_BACKPLANE_PREFIX": prefix})
     topic = "w" + uuid.uuid4().hex[:8]
     sockets = [await ws_connect(hub.url("native", f"/ws?topic={topic}", "ws")) for _ in range(8)]
     try:

@@ -11,7 +11,6 @@ import asyncio
 import concurrent.futures
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import psutil
 import pytest
 import redis
 
-from tests.backplane.conftest import SHARED_URL, RedisServer, _unavailable, cleanup
+from tests.backplane.conftest import RedisServer, _unavailable
 
 from .server import HubProcess, ws_connect
 
@@ -30,21 +29,6 @@ PRESENCE_TTL = 3  # seconds: a dead node leaves the fleet's heartbeats within it
 
 
 # -- fixtures -------------------------------------------------------------------
-@pytest.fixture
-def shared(tmp_path):
-    """(url, prefix) on the machine's Redis; the prefix's keys are deleted afterwards."""
-    client = redis.Redis.from_url(SHARED_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as error:
-        _unavailable(f"Redis at 127.0.0.1:6379 is unreachable: {error}")
-    finally:
-        client.close()
-    prefix = f"hubbub-test-{secrets.token_hex(4)}:"
-    yield SHARED_URL, prefix
-    cleanup(SHARED_URL, prefix)
-
-
 @pytest.fixture
 def own_redis():
     import shutil

@@ -140,8 +140,7 @@ class ASGIWebSocket(ASGISender):
         self.text_of = text_of
         self.receiving: asyncio.Future | None = None  # the reader's pending receive()
         self.last_seen = time.monotonic()  # when the client last sent a frame
-        self.pinged_at: float | None = None
-        self.answers_pings = False  # it answered a hub ping once: silence now means dead
+        self.answers_pings = False  # it sent {"op":"pong"} once: silence now means dead
 
     async def send_data(self, data: bytes) -> None:
         # ASGI wants str for a text frame; one-message batches are the bytes
@@ -156,18 +155,21 @@ class ASGIWebSocket(ASGISender):
             await asyncio.wait([self.receiving])
         await self.send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
+    def pong(self) -> None:
+        """The client answered a hub ping with ``{"op":"pong"}``: from now on
+        its silence means it is gone. Any other frame proves nothing: a
+        client that publishes now and then may simply not speak pong."""
+        self.answers_pings = True
+
     def heartbeat(self, idle: bool) -> None:
         # Granian hides protocol pings from the app: liveness is app-level.
         now = time.monotonic()
-        if self.pinged_at is not None and self.last_seen > self.pinged_at:
-            self.answers_pings = True
         if self.answers_pings and now - self.last_seen > self.interval * MISSED_PINGS_BEFORE_CLOSE:
             self.conn.close(CLOSE_SHUTDOWN, "no answer to pings")
             return
         # Ping a client that has been silent a period even while we write to
         # it: liveness is about what it sends, not about what we send.
         if idle or now - self.last_seen >= self.interval:
-            self.pinged_at = now
             self.write(wire.WS_PING)
 
 
