@@ -70,7 +70,7 @@ class Config:
     tls_cert: str = ""
     tls_key: str = ""
     drain_timeout: float = 10.0
-    flush_delay: float = 2.0  # milliseconds a busy hub may hold writes to batch them (SPEC 9)
+    flush_delay: float = 5.0  # milliseconds a busy hub may hold writes to batch them (SPEC 9)
     # Seconds after SIGTERM during which the listeners stay up answering
     # /healthz 503 and refusing new subscribers 503, so a load balancer sees
     # the node leave before its port closes (see server.py).

@@ -3,9 +3,11 @@
 Woken connections are written together in one loop callback, each with
 everything queued for it in ONE write. When is that callback run?
 
-- An idle hub writes at once: the callback runs on the next loop turn.
-- A busy hub coalesces: if the previous round ended less than FLUSH_DELAY
-  ago, the next round waits until FLUSH_DELAY after it. Publications that
+- A hub that keeps up writes at once: the callback runs on the next loop
+  turn. At a steady rate the hub writes as it goes, adding no latency.
+- A busy hub coalesces: when a publication arrives right after the previous
+  round (within BUSY_GAP: the loop had no idle time in between), the next
+  round waits until FLUSH_DELAY after the previous one. Publications that
   arrive one per loop turn (one HTTP request, one client frame each) then
   share one write per subscriber instead of costing a syscall each: the
   write (~6-10 µs on a VM) is the price of a delivery, and this divides it by
@@ -27,13 +29,18 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 
+# A wake this soon after the previous round ended means the loop had no idle
+# time in between: publications are arriving as fast as they are written.
+BUSY_GAP = 0.001
+
+
 class Flusher:
     def __init__(self, delay: float) -> None:
         self.delay = delay  # seconds (HUBBUB_FLUSH_DELAY is in milliseconds)
         self.pending: list[Connection] = []
         self._handle: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_round = float("-inf")
+        self._last_round = float("-inf")  # perf_counter() when the previous round ended
         self.rounds = 0
         # Publish-to-write latency, one observation per round: the hub stamps
         # ``woken_at`` when a publication wakes the first writer of a round,
@@ -47,11 +54,13 @@ class Flusher:
             loop = self._loop
             if loop is None:
                 loop = self._loop = asyncio.get_running_loop()
-            due = self._last_round + self.delay
-            if loop.time() >= due:
+            since = time.perf_counter() - self._last_round
+            if since >= BUSY_GAP or since >= self.delay:
+                # The loop idled since the last round: the hub keeps up, write now.
                 self._handle = loop.call_soon(self.run)
             else:
-                self._handle = loop.call_at(due, self.run)
+                # Busy: let publications gather until FLUSH_DELAY after the last round.
+                self._handle = loop.call_later(self.delay - since, self.run)
 
     def run(self) -> None:
         """One round: flush every connection woken since the last one."""
@@ -63,8 +72,7 @@ class Flusher:
         if self.woken_at is not None:
             self.write_latency.observe(time.perf_counter() - self.woken_at)
             self.woken_at = None
-        if self._loop is not None:  # None: run by hand before anything was scheduled
-            self._last_round = self._loop.time()
+        self._last_round = time.perf_counter()
 
     def cancel(self) -> None:
         if self._handle is not None:
