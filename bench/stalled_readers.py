@@ -5,7 +5,7 @@
 For each stalled count: a fresh ``hubbub serve --dev``; that many WebSocket
 readers on the ASGI port that never read (4 KiB receive buffer); CLIENTS
 healthy WebSocket subscribers on the fast port (the load generator,
-measuring publish-to-receive latency); COUNT publications of ~2 KB at 100/s
+measuring publish-to-receive latency); COUNT publications of SIZE bytes (8 KB) at 100/s
 through ``POST /publish``. Prints p50/p99/max of the healthy subscribers and
 the hub's queued/dropped counts, one row per stalled count, so the rows of
 one run compare side by side.
@@ -30,7 +30,7 @@ HANDSHAKE = (b"GET /ws?topic=bench.t HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r
              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
 
-def run(stalled: int, clients: int, count: int) -> dict:
+def run(stalled: int, clients: int, count: int, size: int) -> dict:
     hub = HubProcess(env={"HUBBUB_HEARTBEAT": "60"}).start(Path(tempfile.mkdtemp()))
     try:
         readers = []
@@ -45,7 +45,7 @@ def run(stalled: int, clients: int, count: int) -> dict:
              "--url", f"ws://127.0.0.1:{hub.fast_port}/ws?topic=bench.t", "--clients", str(clients),
              "--count", str(count), "--sample", "50"], stdout=subprocess.PIPE, text=True)
         assert loadgen.stdout.readline().strip() == "ready"
-        pad = "x" * 2000
+        pad = "x" * size
         with httpx.Client(timeout=10) as client:
             due = time.monotonic()
             for seq in range(count):
@@ -69,12 +69,15 @@ def main() -> None:
     parser.add_argument("--stalled", type=int, nargs="+", default=[0, 5, 30])
     parser.add_argument("--clients", type=int, default=300)
     parser.add_argument("--count", type=int, default=600)
+    # 8 KB x 600 is ~4.8 MB per reader: past what the kernel buffers for a
+    # socket (tcp_wmem tops out at 4 MiB), so the readers really stall.
+    parser.add_argument("--size", type=int, default=8000, help="bytes of padding per publication")
     args = parser.parse_args()
     print("| stalled ASGI readers | healthy fast-port subscribers: received | p50 | p99 | max |"
           " hub queued / dropped at the end |")
     print("| --- | --- | --- | --- | --- | --- |")
     for stalled in args.stalled:
-        r = run(stalled, args.clients, args.count)
+        r = run(stalled, args.clients, args.count, args.size)
         print(f"| {r['stalled']} | {r['received']:,} of {r['expected']:,} | {r['p50_ms']:.2f} ms |"
               f" {r['p99_ms']:.2f} ms | {r['max_ms']:.2f} ms | {r['queued']:,} / {r['dropped']:,} |", flush=True)
 
