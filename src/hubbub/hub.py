@@ -23,20 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import wire
+from . import fleet, wire
 from ._core import Subscription, Trie, fanout
-from . import fleet
 from .auth import AuthenticateHook, Authenticator, Principal, may_publish, may_subscribe
 from .backplane import broker_for
 from .config import Config
 from .connection import CLOSE_SHUTDOWN, CLOSE_SLOW, Connection
-from .flusher import Flusher
-from .presence import Presence
 from .errors import Forbidden, HubError
 from .filters import FilterError, compile_filter, validate_tags
+from .flusher import Flusher
 from .history import HISTORY_GAP, Gap, History, Kept
 from .limits import PerKeyLimiter
 from .memory import FreedMemory
+from .presence import Presence
 from .priority import Priority
 from .telemetry import Telemetry
 from .topics import TopicError, validate_pattern, validate_topic
