@@ -210,5 +210,5 @@ async def test_every_key_stays_under_the_prefix(redis_server):
         keys = sorted(k.decode() for k in redis_server.client().keys("*"))
     finally:
         await broker.stop()
-    assert keys == ["ns1:epoch", "ns1:idempotency:k", "ns1:nodes", f"ns1:presence:{broker.node}:t",
-                    "ns1:seq", "ns1:stream"]
+    assert keys == ["ns1:epoch", "ns1:idempotency:k", "ns1:nodes", f"ns1:presence-topics:{broker.node}",
+                    f"ns1:presence:{broker.node}:t", "ns1:seq", "ns1:stream"]
