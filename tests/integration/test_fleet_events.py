@@ -65,11 +65,28 @@ async def subscribe(ws, topic: str, **options) -> None:
     assert (await ws_next(ws, "ack"))["id"] == "sub"
 
 
+async def next_about(ws, op: str, user: str, me: str) -> dict:
+    """The next ``op`` event about ``user``, skipping others; never one about ``me``."""
+    while True:
+        message = await ws_next(ws, op)
+        assert message["user"] != me, f"{me} was told of its own {op}"
+        if message["user"] == user:
+            return message
+
+
 def members(proc: HubProcess, topic: str) -> dict:
     response = httpx.get(proc.base + f"/presence/{topic}", headers=KEY, timeout=10)
     assert response.status_code == 200, response.text
     answer = response.json()
     return {u["user"]: (u["connections"], u["info"]) for u in answer["users"]}
+
+
+async def members_become(proc: HubProcess, topic: str, expected: dict, timeout: float = 5.0) -> None:
+    """Presence changes reach Redis a round trip after the subscribe's ack: wait for them."""
+    deadline = time.monotonic() + timeout
+    while (seen := members(proc, topic)) != expected:
+        assert time.monotonic() < deadline, f"presence of {topic} stayed {seen}, not {expected}"
+        await asyncio.sleep(0.05)
 
 
 async def test_presence_lists_every_node_and_joins_and_leaves_reach_every_node(fleet):
@@ -78,16 +95,17 @@ async def test_presence_lists_every_node_and_joins_and_leaves_reach_every_node(f
     alice = token("alice", info={"name": "Alice"})
     async with ws_connect(b.url("native", f"/ws?token={token('watcher-b')}", "ws")) as on_b, \
             ws_connect(a.url("asgi", f"/ws?token={token('watcher-a')}", "ws")) as on_a:
-        await subscribe(on_b, topic, presence=True)
         await subscribe(on_a, topic, presence=True)
-        assert (await ws_next(on_b, "join"))["user"] == "watcher-a"  # from the other node
-        await ws_quiet(on_a, 0.3, PRESENCE_EVENTS)  # its own subscribe is not announced to it
+        await subscribe(on_b, topic, presence=True)
+        # watcher-b joined on b after on_a watched: a hears it. (Whether on_b hears
+        # watcher-a's join depends on whether it arrived before on_b watched.)
+        await next_about(on_a, "join", "watcher-b", me="watcher-a")
 
         tab1 = await ws_connect(a.url("native", f"/ws?token={alice}", "ws"))
         await subscribe(tab1, topic)
         join = {"op": "join", "topic": topic, "user": "alice", "info": {"name": "Alice"}}
-        assert await ws_next(on_b, "join") == join  # alice joined on a; b hears it
-        assert await ws_next(on_a, "join") == join
+        assert await next_about(on_b, "join", "alice", me="watcher-b") == join  # joined on a; b hears it
+        assert await next_about(on_a, "join", "alice", me="watcher-a") == join
 
         tab2 = await ws_connect(b.url("asgi", f"/ws?token={alice}", "ws"))
         await subscribe(tab2, topic)
@@ -96,8 +114,8 @@ async def test_presence_lists_every_node_and_joins_and_leaves_reach_every_node(f
 
         # Every node lists every node's users, connections summed.
         for proc in (a, b):
-            assert members(proc, topic) == {"alice": (2, {"name": "Alice"}), "watcher-a": (1, None),
-                                             "watcher-b": (1, None)}
+            await members_become(proc, topic, {"alice": (2, {"name": "Alice"}), "watcher-a": (1, None),
+                                               "watcher-b": (1, None)})
         await on_a.send(json.dumps({"op": "presence", "topic": topic, "id": 9}))
         reply = await ws_next(on_a, "presence")
         assert reply["id"] == 9 and reply["count"] == 3 and reply["connections"] == 4
@@ -125,7 +143,7 @@ async def test_a_sigkilled_nodes_users_leave_on_the_others_within_presence_ttl(f
             await subscribe(ws, topic)
         joined = {(await ws_next(watcher, "join"))["user"] for _ in range(2)}
         assert joined == {"carol", "dave"}
-        assert members(b, topic) == {"carol": (1, None), "dave": (2, None), "watcher": (1, None)}
+        await members_become(b, topic, {"carol": (1, None), "dave": (2, None), "watcher": (1, None)})
 
         os.killpg(a.proc.pid, signal.SIGKILL)  # no goodbye
         killed = time.monotonic()
@@ -133,7 +151,7 @@ async def test_a_sigkilled_nodes_users_leave_on_the_others_within_presence_ttl(f
         took = time.monotonic() - killed
         assert leave == {"op": "leave", "topic": topic, "user": "carol", "info": None}
         # Within PRESENCE_TTL, plus a little for a busy machine's scheduling.
-        assert took < PRESENCE_TTL + 0.75, f"the leave came {took:.2f}s after the kill"
+        assert took < PRESENCE_TTL + 1.0, f"the leave came {took:.2f}s after the kill"
         await ws_quiet(watcher, 1.0, PRESENCE_EVENTS)  # dave still has a connection on b: no leave for him
         assert members(b, topic) == {"dave": (1, None), "watcher": (1, None)}
 
