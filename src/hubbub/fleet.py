@@ -7,11 +7,18 @@
   publications (the backplane lost data or this node fell too far behind),
   so no client is left with a silent hole.
 - ``IdempotencyGuard``: ``POST /publish``'s Idempotency-Key across nodes.
+- ``share_user_event`` / ``on_event``: per-user inbox events and presence
+  join/leave between nodes, as fleet events (``broker.broadcast``, the
+  broker's events channel): ``["user", user, event, payload]`` and
+  ``["join"|"leave", topic, user, info]``. A node handles its own where it
+  makes them and never hears them back.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from typing import Any
 from typing import TYPE_CHECKING
 
 import orjson
@@ -23,6 +30,8 @@ from .errors import HubError
 if TYPE_CHECKING:
     from .backplane import Broker
     from .hub import Hub, Publication
+
+log = logging.getLogger("hubbub.fleet")
 
 
 # -- the publication on the wire between nodes --------------------------------
@@ -104,3 +113,35 @@ class IdempotencyGuard:
             await self.broker.release_idempotency(key)
         except HubError:
             pass  # unreachable: the reservation expires with its TTL
+
+
+# -- events between nodes -------------------------------------------------------
+def share_user_event(hub: "Hub", user: str, event: str, payload: Any) -> "asyncio.Task":
+    """Send an inbox event to the user's connections on the other nodes.
+
+    A task, started now: the inbox awaits it, so a user's events leave this
+    node in the order they happened (``notification`` before its
+    ``unread_count``); a failure is logged (the event is a live echo of what
+    the store already holds, and the next connect brings the count).
+    """
+    return asyncio.ensure_future(_broadcast(hub.broker, ["user", user, event, payload]))
+
+
+async def _broadcast(broker: "Broker", event: list) -> None:
+    try:
+        await broker.broadcast(event)
+    except HubError as error:
+        log.warning("fleet event %r for %r not sent: %s", event[2], event[1], error.reason)
+
+
+def on_event(hub: "Hub", event: list) -> None:
+    """The broker's ``on_event``: a fleet event another node sent."""
+    kind = event[0]
+    if kind == "user":
+        _, user, name, payload = event
+        hub.emit_here(user, name, payload)
+    elif kind in ("join", "leave"):
+        _, topic, user, info = event
+        hub.presence.fleet_event(kind, topic, user, info)
+    else:
+        log.warning("unknown fleet event %r (a newer node?)", kind)

@@ -82,7 +82,6 @@ class Hub:
         self.connections: dict[str, Connection] = {}
         self.users: Counter[str] = Counter()
         self.user_conns: dict[str, set[Connection]] = {}  # user -> its live connections
-        self.presence = Presence(max_list=self.config.presence_max_list)
         # The inbox opens at start; until its store answers, /notifications is a 503.
         self.inbox: Inbox | None = None
         self.notifications: NotificationEndpoints | None = None
@@ -94,6 +93,7 @@ class Hub:
         self.broker = broker_for(self.config)
         if self.broker.synchronous:  # usable before start, as a hub always was
             self.broker.attach(self._receive)
+        self.presence = Presence.for_broker(self.broker, max_list=self.config.presence_max_list)
         self._event_seq = 0  # the newest seq delivered here
         self._catching_up: list[tuple[int, asyncio.Future]] = []  # resumes waiting for a seq
         self._starting: asyncio.Future | None = None
@@ -143,7 +143,8 @@ class Hub:
         # stream (as many as it keeps), so it can serve recovery for what was
         # published before it started; coverage begins at the first one.
         await self.broker.start(self._receive, backfill=getattr(self.broker, "stream_length", 0),
-                                on_epoch_change=self._on_epoch_change, on_gap=self._on_gap)
+                                on_epoch_change=self._on_epoch_change, on_gap=self._on_gap,
+                                on_event=lambda event: fleet.on_event(self, event))
         self.started = True
         self._expiry = asyncio.ensure_future(self._expire_history())
         self._heartbeat = asyncio.ensure_future(self._heartbeats())
@@ -185,6 +186,7 @@ class Hub:
         starting = self._starting
         if starting is not None and starting.done() and not starting.cancelled() \
                 and starting.exception() is None:
+            await self.presence.settle(1.0)  # the closed connections' leaves, before the broker goes
             await self.broker.stop()
         self.started = False
 
@@ -364,9 +366,19 @@ class Hub:
         return True
 
     # -- per-user events and the inbox ---------------------------------------
-    def emit(self, user: str, event: str, payload: Any) -> None:
+    def emit(self, user: str, event: str, payload: Any) -> "asyncio.Task | None":
         """Send an inbox event to every live connection of ``user`` (any port,
-        any transport), encoded once per wire format; see ``wire.user_event``."""
+        any transport), encoded once per wire format; see ``wire.user_event``.
+
+        Over a shared backplane the other nodes get it too: returns the task
+        sending it (await it to keep one user's events in order), else None."""
+        self.emit_here(user, event, payload)
+        if self.broker.synchronous:
+            return None
+        return fleet.share_user_event(self, user, event, payload)
+
+    def emit_here(self, user: str, event: str, payload: Any) -> None:
+        """``emit`` to this node's connections of ``user`` only."""
         conns = self.user_conns.get(user)
         if not conns:
             return

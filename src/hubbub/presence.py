@@ -22,23 +22,41 @@ unsubscribe, close, or a dead peer closed by the transport's liveness pings,
 which run often enough to take it out within PRESENCE_TTL (see
 ``Config.liveness_period``).
 
-``PresenceStore`` is the replaceable part (a fleet's store would keep the
-counts in Redis and answer ``members`` from there); ``Presence`` is what the
-hub calls and owns the local watchers and event delivery.
+``PresenceStore`` is the replaceable part; ``Presence`` is what the hub
+calls and owns the local watchers and event delivery. Two stores:
+
+- ``LocalPresence`` (BACKPLANE=memory): counts in this process, changed in
+  the caller's own step; join/leave decided and sent at once.
+- ``FleetPresence`` (a shared backplane): counts in the broker (Redis), per
+  node, summed over the live nodes. A change is one round trip, made in a
+  task (in order: the broker applies one node's changes one at a time), and
+  the broker says whether it was the user's first connection in the whole
+  fleet (join) or the last (leave). This node tells its own watchers; the
+  other nodes hear the same event on the backplane and tell theirs
+  (``fleet_event``). A node that dies without a goodbye is retired by a
+  surviving node within PRESENCE_TTL, which announces the leave of each of
+  its users present nowhere else (see ``backplane.redis_broker.REAP``).
 """
 from __future__ import annotations
 
 import abc
+import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
 from . import wire
 
 if TYPE_CHECKING:
+    from .backplane import Broker
     from .connection import Connection
+
+log = logging.getLogger("hubbub.presence")
 
 
 class PresenceStore(abc.ABC):
     """Per topic, per user: connection count and info."""
+
+    synchronous = True  # add/remove answer in the caller's step; else ``change`` (async)
 
     @abc.abstractmethod
     def add(self, topic: str, user: str, info: Any) -> bool:
@@ -95,6 +113,34 @@ class LocalPresence(PresenceStore):
         return answer
 
 
+class FleetPresence(PresenceStore):
+    """Every node's presence, kept by the broker (see the module docstring)."""
+
+    synchronous = False
+
+    def __init__(self, broker: "Broker") -> None:
+        self.broker = broker
+
+    def add(self, topic: str, user: str, info: Any) -> bool:
+        raise TypeError("FleetPresence changes through change()")
+
+    def remove(self, topic: str, user: str) -> Any:
+        raise TypeError("FleetPresence changes through change()")
+
+    async def change(self, topic: str, user: str, info: Any, delta: int) -> tuple[str, Any] | None:
+        """``("join"|"leave", info)`` when the fleet-wide count went from / to 0."""
+        return await self.broker.presence_update(topic, user, info, delta)
+
+    async def members(self, topic: str, max_list: int) -> dict[str, Any]:
+        users = await self.broker.presence_list(topic)  # 503 while the backplane is down
+        answer: dict[str, Any] = {"count": len(users),
+                                  "connections": sum(e["connections"] for e in users.values())}
+        if len(users) <= max_list:
+            answer["users"] = [{"user": user, "info": e["info"], "connections": e["connections"]}
+                               for user, e in users.items()]
+        return answer
+
+
 class Presence:
     """What the hub calls on subscribe, unsubscribe and detach."""
 
@@ -103,6 +149,12 @@ class Presence:
         self.max_list = max_list
         # topic -> connections that asked for join/leave events on it
         self.watchers: dict[str, set[Connection]] = {}
+        self._changing: set[asyncio.Task] = set()  # FleetPresence changes not yet applied
+
+    @classmethod
+    def for_broker(cls, broker: "Broker", max_list: int = 1000) -> "Presence":
+        """Local presence alone; fleet-wide presence over a shared backplane."""
+        return cls(LocalPresence() if broker.synchronous else FleetPresence(broker), max_list)
 
     @staticmethod
     def takes_part(conn: "Connection") -> bool:
@@ -116,16 +168,46 @@ class Presence:
             self._unwatch(conn, topic)
         if new and self.takes_part(conn):
             user = conn.principal.user
-            if self.store.add(topic, user, conn.principal.info):
+            if not self.store.synchronous:
+                self._change_later(conn, topic, user, conn.principal.info, 1)
+            elif self.store.add(topic, user, conn.principal.info):
                 self._announce("join", topic, user, conn.principal.info, skip=conn)
 
     def unsubscribed(self, conn: "Connection", topic: str) -> None:
         self._unwatch(conn, topic)
         if self.takes_part(conn):
             user = conn.principal.user
+            if not self.store.synchronous:
+                self._change_later(conn, topic, user, None, -1)
+                return
             info = self.store.remove(topic, user)
             if info is not KEEP:
                 self._announce("leave", topic, user, info)
+
+    # -- fleet-wide presence ----------------------------------------------------
+    def _change_later(self, conn: "Connection", topic: str, user: str, info: Any, delta: int) -> None:
+        task = asyncio.ensure_future(self._change(conn, topic, user, info, delta))
+        self._changing.add(task)
+        task.add_done_callback(self._changing.discard)
+
+    async def _change(self, conn: "Connection", topic: str, user: str, info: Any, delta: int) -> None:
+        try:
+            changed = await self.store.change(topic, user, info, delta)
+        except Exception:  # the count is the broker's to keep; an event lost is logged
+            log.exception("presence change of %r in %r failed", user, topic)
+            return
+        if changed is not None:
+            event, event_info = changed
+            self._announce(event, topic, user, event_info, skip=conn if event == "join" else None)
+
+    def fleet_event(self, event: str, topic: str, user: str, info: Any) -> None:
+        """A join or leave another node announced (or one a dead node's reaper did)."""
+        self._announce(event, topic, user, info)
+
+    async def settle(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) for the changes still on their way to the broker."""
+        if self._changing:
+            await asyncio.wait(set(self._changing), timeout=timeout)
 
     async def members(self, topic: str) -> dict[str, Any]:
         return {"topic": topic, **await self.store.members(topic, self.max_list)}

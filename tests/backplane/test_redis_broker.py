@@ -191,6 +191,41 @@ async def test_a_killed_node_leaves_presence_within_the_presence_ttl(shared_redi
         await a.stop()
 
 
+async def test_join_and_leave_are_fleet_wide_and_every_other_node_hears_them(shared_redis, prefix):
+    heard: dict[str, list] = {"a": [], "b": [], "c": []}
+    a, b, c = (RedisBroker(shared_redis, prefix=prefix, presence_ttl=1.5) for _ in range(3))
+    for name, broker in zip("abc", (a, b, c)):
+        await broker.start(lambda seq, payload: None, on_event=heard[name].append)
+    try:
+        assert await a.presence_update("room", "alice", {"n": 1}, 1) == ("join", {"n": 1})
+        assert await b.presence_update("room", "alice", {"n": 2}, 1) is None  # a second tab, elsewhere
+        assert await a.presence_update("room", "alice", None, -1) is None  # b still holds one
+        assert await b.presence_update("room", "alice", None, -1) == ("leave", {"n": 2})
+        await wait_until(lambda: len(heard["c"]) == 2, what="c hears the join and the leave")
+        assert heard["c"] == [["join", "room", "alice", {"n": 1}], ["leave", "room", "alice", {"n": 2}]]
+        assert heard["a"] == [["leave", "room", "alice", {"n": 2}]]  # never its own join
+        assert heard["b"] == [["join", "room", "alice", {"n": 1}]]
+
+        await c.broadcast(["user", "alice", "unread_count", {"count": 3}])
+        await wait_until(lambda: len(heard["a"]) == 2 and len(heard["b"]) == 2, what="the user event")
+        assert heard["a"][-1] == heard["b"][-1] == ["user", "alice", "unread_count", {"count": 3}]
+        assert len(heard["c"]) == 2  # the sender handles its own
+
+        # A node that stops says goodbye for its users present nowhere else.
+        mark = len(heard["a"])
+        await c.presence_update("room", "bob", {"b": True}, 1)
+        await c.presence_update("room", "alice", None, 1)
+        await a.presence_update("room", "alice", None, 1)
+        await c.stop()
+        await wait_until(lambda: ["leave", "room", "bob", {"b": True}] in heard["a"], what="bob's leave")
+        await asyncio.sleep(0.3)
+        assert heard["a"][mark:] == [["join", "room", "bob", {"b": True}], ["join", "room", "alice", None],
+                                     ["leave", "room", "bob", {"b": True}]]  # alice is still on a
+    finally:
+        for broker in (a, b, c):
+            await broker.stop()
+
+
 async def test_an_unreachable_backplane_refuses_to_start_with_a_clear_error():
     broker = RedisBroker("redis://:s3cret@127.0.0.1:1/0", timeout=1)
     with pytest.raises(BackplaneUnavailable) as caught:
@@ -210,5 +245,5 @@ async def test_every_key_stays_under_the_prefix(redis_server):
         keys = sorted(k.decode() for k in redis_server.client().keys("*"))
     finally:
         await broker.stop()
-    assert keys == ["ns1:epoch", "ns1:idempotency:k", "ns1:nodes", f"ns1:presence:{broker.node}:t",
-                    "ns1:seq", "ns1:stream"]
+    assert keys == ["ns1:epoch", "ns1:idempotency:k", "ns1:nodes", f"ns1:presence-topics:{broker.node}",
+                    f"ns1:presence:{broker.node}:t", "ns1:seq", "ns1:stream"]

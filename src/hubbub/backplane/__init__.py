@@ -5,7 +5,7 @@ The interface (``Broker``)
 The hub hands every validated publication, encoded as opaque bytes, to the
 broker and delivers what the broker gives back::
 
-    await broker.start(on_publication, backfill=N, on_epoch_change=f, on_gap=g)
+    await broker.start(on_publication, backfill=N, on_epoch_change=f, on_gap=g, on_event=e)
     await broker.publish(payload, ephemeral=False) -> (epoch, seq) | None
     await broker.stop()
     broker.epoch, broker.healthy
@@ -14,7 +14,9 @@ broker and delivers what the broker gives back::
     await broker.release_idempotency(key)
     broker.synchronous / broker.publish_now(payload)  # memory only: no await, no task
     await broker.presence_update(topic, user, info, delta)   # delta = +1 / -1 connection
+        -> ("join"|"leave", info) | None   # the user's first / last connection in the fleet
     await broker.presence_list(topic) -> {user: {"info": ..., "connections": n}}
+    await broker.broadcast(event)      # a JSON-able list to every other node's on_event
 
 - ``on_publication(seq, payload)`` is called for every publication of the
   fleet, this node's own included, exactly once and in strictly increasing
@@ -37,6 +39,11 @@ broker and delivers what the broker gives back::
   it as not covered (``history_gap``), never as an empty replay.
 - ``on_epoch_change(epoch)``: Redis lost its data; seqs start again at 1 in
   the new epoch and every older id must get ``history_gap``.
+- ``on_event(event)``: a fleet event from another node (never this node's
+  own): ``["user", user, event, payload]`` sent by ``broadcast`` (the inbox's
+  live events), ``["join"|"leave", topic, user, info]`` from presence. Not
+  publications: never numbered, kept or replayed; a node that is not
+  subscribed when one is sent never hears it.
 
 ``MemoryBroker`` (BACKPLANE=memory) numbers locally and calls
 ``on_publication`` inside ``publish``: today's single-process cost.
@@ -56,10 +63,41 @@ Redis keys and channel (``prefix`` default ``hubbub:``)
 - ``{prefix}idempotency:{key}`` the JSON ids, ``SET`` only if absent, PX ttl.
 - ``{prefix}nodes`` zset node -> heartbeat expiry (Redis server time).
 - ``{prefix}presence:{node}:{topic}`` hash user -> JSON [connections, info],
-  EXPIRE PRESENCE_TTL, refreshed by that node's heartbeat (every
-  min(PRESENCE_TTL/3, 5 s)). A listing reads only nodes whose heartbeat is
-  live, so a SIGKILLed node leaves presence within PRESENCE_TTL. A node
-  whose entry had vanished (Redis restart) writes its presence again.
+  and ``{prefix}presence-topics:{node}`` the set of that node's topics, both
+  EXPIRE 2 x PRESENCE_TTL, refreshed by that node's heartbeat (every
+  min(PRESENCE_TTL/3, 5 s)). The heartbeat counts a node live until
+  PRESENCE_TTL - r after it (r = min(PRESENCE_TTL/6, 1 s)); a listing reads
+  only live nodes, so a SIGKILLed node leaves listings within PRESENCE_TTL.
+  The hashes outlive the heartbeat so that the node that retires a dead one
+  still finds its users. A node whose entry had vanished (Redis restart, or
+  retired while alive but stalled) writes its presence again, silently (no
+  new joins are announced for it).
+- channel ``{prefix}events``: fleet events, ``{node}\n{JSON array}``; a node
+  skips those it sent itself. A second channel rather than markers on the
+  publications channel: the publication path (hot) stays one format with no
+  test per message, and events have no seq, no history, no topic matching.
+
+Presence join/leave, fleet-wide
+-------------------------------
+``presence_update`` is one script (PRESENCE_UPDATE): write this node's count,
+sum the user's count on the other live nodes (one HGET per node), and if the
+fleet count went from 0 it PUBLISHes the join, to 0 the leave, on the events
+channel inside the script. Scripts run one at a time, so one join per first
+connection even when two nodes connect the same user at once, and every node
+hears a user's joins and leaves in the order Redis applied them. The node
+that made the change tells its own watchers from the reply. A node applies
+its own changes one at a time (a lock), so +1/-1 of one connection never
+cross.
+
+Dead nodes: every node runs REAP every r seconds (one EVALSHA that reads the
+nodes zset by score; nothing else while no heartbeat has run out). It ZREMs
+the nodes whose heartbeat expired (ZREM inside the script: exactly one
+survivor retires a given node), PUBLISHes a leave for each of their users
+present on no live node, once per (topic, user), and deletes their presence.
+A dead node's users therefore leave, on every node, within PRESENCE_TTL of
+its last heartbeat. A node that stops cleanly retires itself the same way.
+While Redis is unreachable, changes are kept locally and written again when
+it is back, but not announced (nobody could hear them).
 
 Keys are built inside scripts, so this is for one Redis (or a Sentinel
 primary), not Redis Cluster.

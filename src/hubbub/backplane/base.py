@@ -9,6 +9,7 @@ from ..errors import HubError
 OnPublication = Callable[[int | None, bytes], None]  # (seq, or None when ephemeral; payload)
 OnEpochChange = Callable[[str], None]  # the new epoch
 OnGap = Callable[[int], None]  # every publication with seq <= this that was not delivered never will be
+OnEvent = Callable[[list], None]  # a fleet event another node sent (``broadcast``, presence)
 
 
 class BackplaneUnavailable(HubError):
@@ -38,7 +39,7 @@ class Broker:
 
     async def start(self, on_publication: OnPublication, *, backfill: int = 0,
                     on_epoch_change: OnEpochChange | None = None,
-                    on_gap: OnGap | None = None) -> None:
+                    on_gap: OnGap | None = None, on_event: OnEvent | None = None) -> None:
         raise NotImplementedError
 
     async def publish(self, payload: bytes, ephemeral: bool = False) -> tuple[str, int] | None:
@@ -58,7 +59,15 @@ class Broker:
         """Forget ``key`` (the reserved publish failed: a retry may publish)."""
         raise NotImplementedError
 
-    async def presence_update(self, topic: str, user: str, info: Any, delta: int) -> None:
+    async def broadcast(self, event: list) -> None:
+        """Hand ``event`` to every other node's ``on_event`` (nothing to do alone)."""
+        raise NotImplementedError
+
+    async def presence_update(self, topic: str, user: str, info: Any,
+                              delta: int) -> tuple[str, Any] | None:
+        """``("join", info)`` / ``("leave", info)`` when the user's fleet-wide
+        connection count went from 0 / to 0 (the other nodes get the same event
+        through ``on_event``), else None."""
         raise NotImplementedError
 
     async def presence_list(self, topic: str) -> dict[str, dict[str, Any]]:

@@ -11,7 +11,7 @@ import secrets
 import time
 from typing import Any
 
-from .base import Broker, LocalPresence, OnEpochChange, OnGap, OnPublication
+from .base import Broker, LocalPresence, OnEpochChange, OnEvent, OnGap, OnPublication
 
 
 class MemoryBroker(Broker):
@@ -28,7 +28,7 @@ class MemoryBroker(Broker):
 
     async def start(self, on_publication: OnPublication, *, backfill: int = 0,
                     on_epoch_change: OnEpochChange | None = None,
-                    on_gap: OnGap | None = None) -> None:
+                    on_gap: OnGap | None = None, on_event: OnEvent | None = None) -> None:
         # Nothing outlives the process, so there is nothing to backfill and
         # the epoch never changes while it runs.
         self.attach(on_publication)
@@ -77,8 +77,20 @@ class MemoryBroker(Broker):
     async def release_idempotency(self, key: str) -> None:
         self._idempotency.pop(key, None)
 
-    async def presence_update(self, topic: str, user: str, info: Any, delta: int) -> None:
-        self._presence.update(topic, user, info, delta)
+    async def broadcast(self, event: list) -> None:
+        return None  # no other node
+
+    async def presence_update(self, topic: str, user: str, info: Any,
+                              delta: int) -> tuple[str, Any] | None:
+        users = self._presence.topics.get(topic)
+        old = users.get(user) if users else None
+        old_info = old[1] if old else None
+        entry = self._presence.update(topic, user, info, delta)
+        if old is None and entry is not None:
+            return "join", info
+        if old is not None and entry is None:
+            return "leave", old_info
+        return None
 
     async def presence_list(self, topic: str) -> dict[str, dict[str, Any]]:
         return self._presence.listing(topic)

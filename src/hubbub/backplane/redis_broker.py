@@ -19,7 +19,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from .base import BackplaneUnavailable, Broker, LocalPresence, OnEpochChange, OnGap, OnPublication
+from .base import (BackplaneUnavailable, Broker, LocalPresence, OnEpochChange, OnEvent, OnGap,
+                   OnPublication)
 
 log = logging.getLogger("hubbub.backplane")
 
@@ -72,17 +73,107 @@ if (not old) or tonumber(old) < now then return 1 end
 return 0
 """
 
-# Forget dead nodes, then read the topic's hash of every live one.
+# Read the topic's hash of every live node. Dead nodes are left in the zset
+# for REAP, which must see them to announce their users' leaves.
 PRESENCE_LIST = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local out = {}
-for _, node in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
   local h = redis.call('HGETALL', ARGV[1] .. node .. ':' .. ARGV[2])
   if #h > 0 then out[#out + 1] = h end
 end
 return out
+"""
+
+# Write this node's count of (topic, user), then count the user's connections
+# on the other live nodes: the fleet-wide count before and after the change.
+# The first connection anywhere publishes the join, the last one anywhere the
+# leave, inside the script: Redis runs scripts one at a time, so two nodes
+# never both announce one join, and every node hears a user's joins and
+# leaves in the order they happened.
+# KEYS: nodes zset, this node's hash for the topic, this node's topic set.
+# ARGV: node, hash key prefix, topic, user, entry ('' when none left here),
+#       key ttl ms, this node's count before, after, events channel, message.
+PRESENCE_UPDATE = """
+if ARGV[5] == '' then
+  redis.call('HDEL', KEYS[2], ARGV[4])
+  if redis.call('HLEN', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[3]) end
+else
+  redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+  redis.call('SADD', KEYS[3], ARGV[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[6])
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local others = 0
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
+  if node ~= ARGV[1] then
+    local v = redis.call('HGET', ARGV[2] .. node .. ':' .. ARGV[3], ARGV[4])
+    if v then others = others + tonumber(string.match(v, '^%[(%d+),')) end
+  end
+end
+local before = others + tonumber(ARGV[7])
+local after = others + tonumber(ARGV[8])
+if before == 0 and after > 0 then
+  redis.call('PUBLISH', ARGV[9], ARGV[10])
+  return 1
+end
+if before > 0 and after == 0 then
+  redis.call('PUBLISH', ARGV[9], ARGV[10])
+  return -1
+end
+return 0
+"""
+
+# Retire the nodes whose heartbeat ran out (and ARGV[3], a node leaving on
+# purpose): publish a leave for each of their users present on no live node,
+# once per (topic, user), then delete their presence. Every node runs it
+# periodically; the ZREM inside makes exactly one of them announce a death.
+# An entry is JSON [count, info]: the info is spliced in as stored, so the
+# leave carries the same JSON bytes the node wrote.
+# KEYS: nodes zset. ARGV: key prefix, events channel, node to retire or ''.
+REAP = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
+if ARGV[3] ~= '' then gone[#gone + 1] = ARGV[3] end
+if #gone == 0 then return 0 end
+for _, node in ipairs(gone) do redis.call('ZREM', KEYS[1], node) end
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+local hashes = ARGV[1] .. 'presence:'
+local told = {}
+for _, node in ipairs(gone) do
+  local topics_key = ARGV[1] .. 'presence-topics:' .. node
+  for _, topic in ipairs(redis.call('SMEMBERS', topics_key)) do
+    local key = hashes .. node .. ':' .. topic
+    local h = redis.call('HGETALL', key)
+    for i = 1, #h, 2 do
+      local user, v = h[i], h[i + 1]
+      local id = cjson.encode({topic, user})
+      if not told[id] then
+        told[id] = true
+        local present = false
+        for _, other in ipairs(live) do
+          if redis.call('HEXISTS', hashes .. other .. ':' .. topic, user) == 1 then
+            present = true
+            break
+          end
+        end
+        if not present then
+          local count = string.match(v, '^%[(%d+),')
+          local info = string.sub(v, #count + 3, -2)
+          redis.call('PUBLISH', ARGV[2], node .. '\\n["leave",' .. cjson.encode(topic) .. ','
+                     .. cjson.encode(user) .. ',' .. info .. ']')
+        end
+      end
+    end
+    redis.call('DEL', key)
+  end
+  redis.call('DEL', topics_key)
+end
+return #gone
 """
 
 _UNREACHABLE = (RedisError, OSError)
@@ -121,9 +212,20 @@ class RedisBroker(Broker):
         self.stream_length = stream_length or stream_length_for(history_size)
         self.history_ttl = max(1, math.ceil(history_ttl))
         self.presence_ttl = presence_ttl
-        self._presence_ttl_ms = max(1, int(presence_ttl * 1000))
+        # Every node looks for dead ones this often. A node counts as dead
+        # this long before PRESENCE_TTL after its last heartbeat, so its
+        # users' leaves go out within PRESENCE_TTL of its death.
+        self.reap_every = min(presence_ttl / 6, 1.0)
+        self._node_ttl = presence_ttl - self.reap_every
+        # Presence hashes outlive their node's heartbeat (listings read live
+        # nodes only), so the node that reaps a dead one still finds its users.
+        self._presence_ttl_ms = max(1, int(presence_ttl * 2000))
         self.timeout = timeout
         self.channel = f"{prefix}publications"
+        # Fleet events (presence join/leave, per-user inbox events): not
+        # publications, so never numbered, kept or matched against topics,
+        # and their own channel keeps the publication channel's format as is.
+        self.events_channel = f"{prefix}events"
         self._epoch_key, self._seq_key, self._stream = (f"{prefix}epoch", f"{prefix}seq",
                                                         f"{prefix}stream")
         self._nodes_key = f"{prefix}nodes"
@@ -148,6 +250,11 @@ class RedisBroker(Broker):
         self._remember = self._redis.register_script(REMEMBER)
         self._heartbeat_script = self._redis.register_script(HEARTBEAT)
         self._presence_list = self._redis.register_script(PRESENCE_LIST)
+        self._presence_update = self._redis.register_script(PRESENCE_UPDATE)
+        self._reap = self._redis.register_script(REAP)
+        self._node_b = self.node.encode()
+        self._events_channel_b = self.events_channel.encode()
+        self._topics_key = f"{prefix}presence-topics:{self.node}"
         self._presence = LocalPresence()
         self._presence_dirty = False
         self._presence_gone: set[str] = set()  # topics emptied here while Redis missed it
@@ -158,11 +265,12 @@ class RedisBroker(Broker):
         self._on_publication: OnPublication | None = None
         self._on_epoch_change: OnEpochChange | None = None
         self._on_gap: OnGap | None = None
+        self._on_event: OnEvent | None = None
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self, on_publication: OnPublication, *, backfill: int = 0,
                     on_epoch_change: OnEpochChange | None = None,
-                    on_gap: OnGap | None = None) -> None:
+                    on_gap: OnGap | None = None, on_event: OnEvent | None = None) -> None:
         """Connect, then deliver the newest ``backfill`` kept publications before returning.
 
         Raises BackplaneUnavailable when Redis cannot be reached: a node does
@@ -171,6 +279,7 @@ class RedisBroker(Broker):
         self._on_publication = on_publication
         self._on_epoch_change = on_epoch_change
         self._on_gap = on_gap
+        self._on_event = on_event
         try:
             await self._heartbeat()
             pubsub = await self._connect(backfill=backfill)
@@ -180,7 +289,8 @@ class RedisBroker(Broker):
                                        f" {error}") from None
         self._set_health(True)
         self._tasks = [asyncio.ensure_future(self._subscriber(pubsub)),
-                       asyncio.ensure_future(self._heartbeats())]
+                       asyncio.ensure_future(self._heartbeats()),
+                       asyncio.ensure_future(self._reaper())]
 
     async def stop(self) -> None:
         self._stopping = True
@@ -194,12 +304,9 @@ class RedisBroker(Broker):
             _, pending = await asyncio.wait(pending, timeout=0.5)
         self._tasks = []
         self.healthy = False  # stopped, not unreachable: nothing to warn about
-        try:  # leave presence now rather than after PRESENCE_TTL
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.zrem(self._nodes_key, self.node)
-            for topic in self._presence.topics:
-                pipe.delete(self._presence_key(topic))
-            await pipe.execute()
+        try:  # leave presence now rather than after PRESENCE_TTL, announcing the leaves
+            await self._reap(keys=[self._nodes_key],
+                             args=[self.prefix, self.events_channel, self.node])
         except _UNREACHABLE:
             pass
         await self._close_clients()
@@ -253,8 +360,9 @@ class RedisBroker(Broker):
         """
         pubsub = self._sub_redis.pubsub()
         try:
-            await pubsub.subscribe(self.channel)
-            await asyncio.wait_for(pubsub.get_message(timeout=None), self.timeout)  # the confirmation
+            await pubsub.subscribe(self.channel, self.events_channel)
+            for _ in range(2):  # the confirmations
+                await asyncio.wait_for(pubsub.get_message(timeout=None), self.timeout)
             epoch, seq_now = await self._ensure_epoch(keys=self._epoch_keys, args=[self._candidate])
             epoch = self._epoch_seen(epoch)
             if backfill is not None:  # first start: resume `backfill` publications back
@@ -297,7 +405,10 @@ class RedisBroker(Broker):
             try:
                 async for message in pubsub.listen():
                     if message["type"] == "message":
-                        await self._receive(message["data"])
+                        if message["channel"] == self._events_channel_b:
+                            self._event(message["data"])
+                        else:
+                            await self._receive(message["data"])
             except _UNREACHABLE as error:
                 log.debug("backplane subscription lost: %s", error)
             self._set_health(False)
@@ -335,6 +446,29 @@ class RedisBroker(Broker):
                     self._gap(seq - 1)
                 self._last = seq
                 self._deliver(seq, fields[b"p"])
+
+    def _event(self, data: bytes) -> None:
+        """A fleet event: ``{node}\\n{JSON array}``; this node's own were handled where made."""
+        node, _, body = data.partition(b"\n")
+        if node == self._node_b or self._on_event is None:
+            return
+        try:
+            self._on_event(orjson.loads(body))
+        except Exception:  # a bad event or a bug in the hub must not stop the subscription
+            log.exception("fleet event failed: %r", data[:200])
+
+    async def broadcast(self, event: list) -> None:
+        """Send ``event`` (a JSON-able list) to every other node's ``on_event``.
+
+        Not kept anywhere: a node that is not subscribed at that moment never
+        hears it. Raises BackplaneUnavailable (503) when Redis cannot take it.
+        """
+        if not self.healthy:
+            raise BackplaneUnavailable("backplane unavailable: Redis is unreachable")
+        try:
+            await self._redis.publish(self.events_channel, self._node_b + b"\n" + orjson.dumps(event))
+        except _UNREACHABLE as error:
+            raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
 
     def _deliver(self, seq: int | None, payload: bytes) -> None:
         try:
@@ -383,28 +517,38 @@ class RedisBroker(Broker):
     def _presence_key(self, topic: str) -> str:
         return f"{self.prefix}presence:{self.node}:{topic}"  # node first: topics may hold ':'
 
-    async def presence_update(self, topic: str, user: str, info: Any, delta: int) -> None:
+    async def presence_update(self, topic: str, user: str, info: Any,
+                              delta: int) -> tuple[str, Any] | None:
         """Count ``delta`` connections of ``user`` on ``topic`` at this node.
 
+        Returns ``("join", info)`` when that was the user's first connection
+        in the whole fleet, ``("leave", info)`` when it was the last one, else
+        None; the other nodes hear the same event on the events channel.
         Never raises for an outage: the local count is kept and written to
-        Redis again by the next heartbeat that gets through.
+        Redis again by the next heartbeat that gets through, and the change
+        is then announced to nobody (None).
         """
+        users = self._presence.topics.get(topic)
+        old = users.get(user) if users else None
+        before, old_info = (old[0], old[1]) if old else (0, None)
         entry = self._presence.update(topic, user, info, delta)
+        after = entry[0] if entry else 0
         if not self.healthy:
             self._presence_missed(topic)
-            return
-        key = self._presence_key(topic)
+            return None
+        event = ("join", info) if after > before else ("leave", old_info)
+        message = self._node_b + b"\n" + orjson.dumps([event[0], topic, user, event[1]])
         async with self._presence_lock:  # one writer: a resync never overwrites a newer update
             try:
-                pipe = self._redis.pipeline(transaction=False)
-                if entry is None:
-                    pipe.hdel(key, user)
-                else:
-                    pipe.hset(key, user, orjson.dumps(entry))
-                    pipe.pexpire(key, self._presence_ttl_ms)
-                await pipe.execute()
+                changed = await self._presence_update(
+                    keys=[self._nodes_key, self._presence_key(topic), self._topics_key],
+                    args=[self.node, f"{self.prefix}presence:", topic, user,
+                          orjson.dumps(entry) if entry else b"", self._presence_ttl_ms,
+                          before, after, self.events_channel, message])
             except _UNREACHABLE:
                 self._presence_missed(topic)
+                return None
+        return event if changed else None
 
     def _presence_missed(self, topic: str) -> None:
         self._presence_dirty = True
@@ -451,7 +595,7 @@ class RedisBroker(Broker):
         ttl = self._presence_ttl_ms
         async with self._presence_lock:
             fresh = await self._heartbeat_script(keys=[self._nodes_key],
-                                                 args=[self.node, self.presence_ttl])
+                                                 args=[self.node, self._node_ttl])
             rewrite = bool(fresh) or self._presence_dirty
             if not rewrite and not self._presence.topics:
                 return
@@ -459,6 +603,11 @@ class RedisBroker(Broker):
             if rewrite:
                 for topic in self._presence_gone - self._presence.topics.keys():
                     pipe.delete(self._presence_key(topic))
+                pipe.delete(self._topics_key)
+                if self._presence.topics:
+                    pipe.sadd(self._topics_key, *self._presence.topics)
+            if self._presence.topics:
+                pipe.pexpire(self._topics_key, ttl)
             for topic, users in self._presence.topics.items():
                 key = self._presence_key(topic)
                 if rewrite:  # Redis lost it, or missed updates while unreachable
@@ -469,3 +618,14 @@ class RedisBroker(Broker):
             if rewrite:
                 self._presence_dirty = False
                 self._presence_gone.clear()
+
+    async def _reaper(self) -> None:
+        """Retire dead nodes (REAP) every ``reap_every`` seconds; see PRESENCE_UPDATE."""
+        while not self._stopping:
+            await asyncio.sleep(self.reap_every)
+            if not self.healthy:
+                continue
+            try:
+                await self._reap(keys=[self._nodes_key], args=[self.prefix, self.events_channel, ""])
+            except _UNREACHABLE as error:
+                log.debug("backplane reap failed: %s", error)
