@@ -1,10 +1,13 @@
 import os
+import shutil
 import tempfile
 import types
 
 import pytest
+import redis
 
 from hubbub import _fanout_py, _ring_py, _trie_py
+from tests.backplane.conftest import SHARED_URL, RedisServer, _unavailable
 
 
 def _pure() -> types.SimpleNamespace:
@@ -49,3 +52,33 @@ def pytest_collection_modifyitems(items):
     running in the main thread while its browser is up, which breaks the
     asyncio tests of any module collected after them."""
     items.sort(key=lambda item: "tests/browser/" in item.nodeid.replace("\\", "/"))
+
+
+# -- Redis: the machine's server, or a private one a test may kill ----------------
+# Shared by tests/backplane and tests/integration (helpers in tests/backplane/conftest.py).
+
+
+@pytest.fixture
+def shared_redis() -> str:
+    """The machine's Redis URL, once it answers (under CI=true a failure if it does not)."""
+    client = redis.Redis.from_url(SHARED_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        _unavailable(f"Redis at 127.0.0.1:6379 is unreachable: {error}")
+    finally:
+        client.close()
+    return SHARED_URL
+
+
+@pytest.fixture
+def redis_server():
+    """A redis-server of the test's own on a free port, to kill and restart."""
+    if shutil.which("redis-server") is None:
+        _unavailable("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer()
+    server.start()
+    yield server
+    if server.process is not None:
+        server.resume()
+    server.kill()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -38,18 +37,6 @@ def cleanup(url: str, prefix: str) -> None:
             client.delete(*keys)
     finally:
         client.close()
-
-
-@pytest.fixture
-def shared_redis() -> str:
-    client = redis.Redis.from_url(SHARED_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as error:
-        _unavailable(f"Redis at 127.0.0.1:6379 is unreachable: {error}")
-    finally:
-        client.close()
-    return SHARED_URL
 
 
 @pytest.fixture
@@ -107,15 +94,3 @@ class RedisServer:
 
     def client(self):
         return redis.Redis.from_url(self.url)
-
-
-@pytest.fixture
-def redis_server():
-    if shutil.which("redis-server") is None:
-        _unavailable("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer()
-    server.start()
-    yield server
-    if server.process is not None:
-        server.resume()
-    server.kill()

@@ -1,9 +1,8 @@
 import secrets
 
 import pytest
-import redis
 
-from tests.backplane.conftest import SHARED_URL, _unavailable, cleanup
+from tests.backplane.conftest import cleanup
 
 from .server import HubProcess
 
@@ -37,15 +36,8 @@ def port_kind(request):
 
 
 @pytest.fixture
-def shared(tmp_path):
+def shared(shared_redis):
     """(url, prefix) on the machine's Redis; the prefix's keys are deleted afterwards."""
-    client = redis.Redis.from_url(SHARED_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as error:
-        _unavailable(f"Redis at 127.0.0.1:6379 is unreachable: {error}")
-    finally:
-        client.close()
     prefix = f"hubbub-test-{secrets.token_hex(4)}:"
-    yield SHARED_URL, prefix
-    cleanup(SHARED_URL, prefix)
+    yield shared_redis, prefix
+    cleanup(shared_redis, prefix)

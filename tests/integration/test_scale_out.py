@@ -21,7 +21,6 @@ import psutil
 import pytest
 import redis
 
-from tests.backplane.conftest import RedisServer, _unavailable
 
 from .server import HubProcess, ws_connect
 
@@ -29,20 +28,6 @@ PRESENCE_TTL = 3  # seconds: a dead node leaves the fleet's heartbeats within it
 
 
 # -- fixtures -------------------------------------------------------------------
-@pytest.fixture
-def own_redis():
-    import shutil
-
-    if shutil.which("redis-server") is None:
-        _unavailable("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer()
-    server.start()
-    yield server
-    if server.process is not None:
-        server.resume()
-    server.kill()
-
-
 @pytest.fixture
 def nodes(tmp_path):
     """Start N nodes of one fleet at once; each is stopped (or already killed) at the end."""
@@ -305,8 +290,8 @@ async def test_a_sigkilled_node_leaves_the_others_serving_and_its_clients_recove
         client.close()
 
 
-async def test_redis_restart_mid_stream(own_redis, nodes):
-    a, b = nodes(own_redis.url, "r:", count=2)
+async def test_redis_restart_mid_stream(redis_server, nodes):
+    a, b = nodes(redis_server.url, "r:", count=2)
     async with ws_connect(a.url("native", "/ws", "ws")) as on_a, \
             ws_connect(b.url("asgi", "/ws", "ws")) as on_b:
         await subscribe(on_a, "rr.>")
@@ -315,7 +300,7 @@ async def test_redis_restart_mid_stream(own_redis, nodes):
         for ws in (on_a, on_b):
             assert [m["id"] for m in await read(ws, 5)] == before
 
-        own_redis.kill()
+        redis_server.kill()
         await wait_for(lambda: health_status(a) == 503 and health_status(b) == 503, 10,
                        "/healthz 503 on both nodes")
         for proc in (a, b):
@@ -334,7 +319,7 @@ async def test_redis_restart_mid_stream(own_redis, nodes):
         used = [group_cpu(p) - c for p, c in zip((a, b), cpu)]
         assert max(used) < 0.5, f"CPU seconds while Redis was down, over 2 s: {used} (a busy loop?)"
 
-        own_redis.start()  # empty: Redis lost everything, so a new epoch
+        redis_server.start()  # empty: Redis lost everything, so a new epoch
         await wait_for(lambda: health_status(a) == 200 and health_status(b) == 200, 15,
                        "/healthz 200 again")
         for ws in (on_a, on_b):  # told that what they hold may have a hole
