@@ -45,8 +45,13 @@ def hub(tmp_path_factory):
     """One dev-mode hub shared by the tests that leave it as they found it.
 
     HEARTBEAT=1 so heartbeats (and dead-link detection) happen within a test.
+    A JWT secret lets a page act as a named user (the demo's ``?token=``);
+    pages without a token stay dev-anonymous. No API key: as with a plain
+    ``hubbub serve --dev``, the publish API trusts loopback.
     """
-    process = HubProcess(env={"HUBBUB_HEARTBEAT": "1"}).start(tmp_path_factory.mktemp("hub"))
+    from tests.integration.tokens import SECRET
+    process = HubProcess(env={"HUBBUB_HEARTBEAT": "1", "HUBBUB_JWT_SECRET": SECRET}).start(
+        tmp_path_factory.mktemp("hub"))
     yield process
     process.stop()
 
