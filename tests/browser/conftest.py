@@ -56,6 +56,19 @@ def hub(tmp_path_factory):
     process.stop()
 
 
+@pytest.fixture(scope="session")
+def keyed_hub(browser, tmp_path_factory):
+    """A --dev hub with an API key, a JWT secret and an audience (the inbox and
+    presence tests' settings): pages act as users with real JWTs. A page of
+    the fast port may use the ASGI port's /presence and /notifications (CORS)."""
+    from tests.integration.helpers_user import SECURED_ENV
+    process = HubProcess(env=SECURED_ENV)
+    process.env["HUBBUB_CORS_ORIGINS"] = f"http://127.0.0.1:{process.fast_port}"
+    process.start(tmp_path_factory.mktemp("keyed-hub"))
+    yield process
+    process.stop()
+
+
 @pytest.fixture
 def page(browser, request):
     """A fresh browser context and page; a screenshot of it is kept as a test artifact."""

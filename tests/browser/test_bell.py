@@ -10,19 +10,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.integration.helpers_user import KEY, SECURED_ENV
-from tests.integration.server import HubProcess
+from tests.integration.helpers_user import KEY
 from tests.integration.tokens import token
 
 from .conftest import ARTIFACTS, TIMEOUT_MS
 from .harness import DEMO_VIEWPORT, demo_state, open_demo
-
-
-@pytest.fixture(scope="module")
-def keyed_hub(browser, tmp_path_factory):
-    process = HubProcess(env=SECURED_ENV).start(tmp_path_factory.mktemp("keyed-hub"))
-    yield process
-    process.stop()
 
 
 def notify(hub, user: str, title: str, message: str, level: str = "success") -> dict:

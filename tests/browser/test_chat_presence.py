@@ -74,6 +74,9 @@ def test_two_users_see_each_other_join_type_chat_and_leave(browser, hub, transpo
         ada.screenshot(path=str(ARTIFACTS / f"chat-presence-{transport}-ada.png"))
         linus.screenshot(path=str(ARTIFACTS / f"chat-presence-{transport}-linus.png"))
 
+        if transport == "ws":
+            show_orders_and_bell(hub, ada, ada_user)
+
         # Linus closes his page: his last connection left, so Ada sees him go.
         linus_context.close()
         ada.wait_for_selector(person(linus_user), state="detached")
@@ -84,3 +87,21 @@ def test_two_users_see_each_other_join_type_chat_and_leave(browser, hub, transpo
     finally:
         ada_context.close()
         linus_context.close()
+
+
+def show_orders_and_bell(hub, page, user: str) -> None:
+    """Fill the rest of the page for the README's picture (docs/demo.png is
+    this artifact): orders published from outside and a notification for the
+    page's user. The --dev hub has no API key: loopback may publish and notify."""
+    orders = [("1042", "Acme Corp", "Standing desk", 649.0, "shipped"),
+              ("1043", "Globex", "4K monitor", 389.99, "paid"),
+              ("1044", "Initech", "Mechanical keyboard", 129.0, "placed")]
+    hub.publish(*({"topic": f"public.orders.{id_}", "event": "order",
+                   "data": {"id": id_, "customer": customer, "item": item, "total": total, "status": status}}
+                  for id_, customer, item, total, status in orders))
+    page.wait_for_selector("#order-1044 .status.placed")
+    created = httpx.post(hub.base + "/notifications", timeout=10, json={
+        "user": user, "title": "Order #1042 shipped", "message": "On its way to Acme Corp", "level": "success"})
+    assert created.status_code == 201, created.text
+    page.wait_for_selector("#badge.show:text-is('1')")
+    page.screenshot(path=str(ARTIFACTS / "demo-signed-in.png"))
