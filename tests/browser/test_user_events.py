@@ -88,3 +88,22 @@ def test_presence_and_inbox_events(page, keyed_hub, transport, port_kind):
     assert events(page, "error") == [], dump(page)
     if not takes_part:
         assert events(page, "join") == [] and events(page, "leave") == [], dump(page)
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+def test_subscribe_again_after_unsubscribe(page, hub, transport):
+    """The client forgets what its open link had on unsubscribe, so the same
+    topic subscribed again reaches the hub again and delivers."""
+    topic = f"public.again.{uuid.uuid4().hex[:8]}"
+    open_harness(page, hub.base, hub.base, f"{transport} subscribe again")
+    # Opened with the topic (in the WS handshake or the SSE URL).
+    page.evaluate("([url, options]) => start(url, options)",
+                  [hub.base, {"topics": ["public.keepalive", topic], "transport": transport}])
+    wait_open(page, transport)
+    first = hub.publish({"topic": topic, "data": 1})
+    page.wait_for_function("n => window.received.length === n", arg=1)
+    page.evaluate("t => client.unsubscribe(t)", topic)
+    page.evaluate("t => client.subscribe(t)", topic)
+    again = hub.publish({"topic": topic, "data": 2})
+    page.wait_for_function("n => window.received.length === n", arg=2)
+    assert [m["id"] for m in page.evaluate("window.received")] == first + again, dump(page)

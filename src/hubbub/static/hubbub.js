@@ -244,7 +244,8 @@ var hubbub = (function () {
         if (opts.since != null) op.since = opts.since;
         if (entry.filter != null) op.filter = entry.filter;
         if (entry.presence) op.presence = true;
-        return self.link.request(op).then(function () {});
+        var link = self.link;
+        return link.request(op).then(function () { link.opened.set(topic, entry); });
       }
       // SSE and poll carry their subscriptions in the URL: reopen with the new
       // set, resuming from the last id, so nothing already flowing is missed.
@@ -261,8 +262,12 @@ var hubbub = (function () {
   Client.prototype.unsubscribe = function (topic) {
     if (!this.topics.delete(topic)) return Promise.resolve();
     var self = this;
+    // The open link no longer has it, whatever the hub answers: a later
+    // subscribe to the same topic must reach the hub again.
+    if (this.link) this.link.opened.delete(topic);
     return this._whenConnected().then(function () {
       if (self.link.kind === "ws") {
+        self.link.opened.delete(topic);
         return self.link.request({op: "unsubscribe", topic: topic}).then(function () {});
       }
       return self._reopen();
