@@ -45,8 +45,26 @@ def hub(tmp_path_factory):
     """One dev-mode hub shared by the tests that leave it as they found it.
 
     HEARTBEAT=1 so heartbeats (and dead-link detection) happen within a test.
+    A JWT secret lets a page act as a named user (the demo's ``?token=``);
+    pages without a token stay dev-anonymous. No API key: as with a plain
+    ``hubbub serve --dev``, the publish API trusts loopback.
     """
-    process = HubProcess(env={"HUBBUB_HEARTBEAT": "1"}).start(tmp_path_factory.mktemp("hub"))
+    from tests.integration.tokens import SECRET
+    process = HubProcess(env={"HUBBUB_HEARTBEAT": "1", "HUBBUB_JWT_SECRET": SECRET}).start(
+        tmp_path_factory.mktemp("hub"))
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def keyed_hub(browser, tmp_path_factory):
+    """A --dev hub with an API key, a JWT secret and an audience (the inbox and
+    presence tests' settings): pages act as users with real JWTs. A page of
+    the fast port may use the ASGI port's /presence and /notifications (CORS)."""
+    from tests.integration.helpers_user import SECURED_ENV
+    process = HubProcess(env=SECURED_ENV)
+    process.env["HUBBUB_CORS_ORIGINS"] = f"http://127.0.0.1:{process.fast_port}"
+    process.start(tmp_path_factory.mktemp("keyed-hub"))
     yield process
     process.stop()
 

@@ -7,6 +7,9 @@ test without the hub having to serve test pages.
 from __future__ import annotations
 
 import json
+from urllib.parse import urlencode
+
+DEMO_VIEWPORT = {"width": 1280, "height": 860}
 
 HARNESS = """<!doctype html>
 <html><head><meta charset="utf-8"><title>hubbub.js test page</title>
@@ -89,3 +92,28 @@ def dump(page) -> str:
     """What the page saw, for assertion messages."""
     return json.dumps({"events": page.evaluate("window.events")[-30:],
                        "console": page.console_lines[-30:]}, indent=1)[:6000]
+
+
+def open_demo(context, hub, token: str | None = None, transport: str | None = None):
+    """Open the --dev demo page at ``/`` in ``context`` as the token's user
+    (``?token=``), on one transport (``?transport=``) when given; returns the
+    page once it is live on that transport."""
+    query = {key: value for key, value in (("token", token), ("transport", transport)) if value}
+    page = context.new_page()
+    page.console_lines = []
+    page.on("console", lambda message: page.console_lines.append(f"{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: page.console_lines.append(f"pageerror: {error}"))
+    page.goto(hub.base + "/" + ("?" + urlencode(query) if query else ""))
+    label = {"ws": "WebSocket", "sse": "Server-Sent Events", "poll": "long-poll"}[transport or "ws"]
+    page.wait_for_selector(f"#conn:text('live over {label}')")
+    return page
+
+
+def demo_state(page) -> str:
+    """The demo's people list, badge, notes and wire log, for assertion messages."""
+    return json.dumps(page.evaluate("""() => ({
+        people: [...document.querySelectorAll('#people .person')].map(p => [p.dataset.via, p.textContent]),
+        badge: document.getElementById('badge').className + ' ' + document.getElementById('badge').textContent,
+        notes: [...document.querySelectorAll('#notes .note')].map(n => n.className + ' ' + n.dataset.id),
+        wire: [...document.querySelectorAll('#wire div')].slice(0, 20).map(d => d.textContent),
+    })""") | {"console": page.console_lines[-20:]}, indent=1)

@@ -31,7 +31,9 @@ var hubbub = (function () {
   // space with publications, so a publication is recognised by its envelope.
   var HUB_EVENTS = ["reset", "dropped", "join", "leave", "notification",
                     "notification_deleted", "unread_count"];
-  var NOTIFICATION_EVENTS = ["notification", "notification_deleted", "unread_count"];
+  // A user's inbox events (SPEC 8): they come on every connection of the user,
+  // subscribed to anything or not.
+  var INBOX_EVENTS = ["notification", "notification_deleted", "unread_count"];
 
   var DEFAULTS = {
     transport: "auto",
@@ -113,20 +115,24 @@ var hubbub = (function () {
     return entry.filter == null && !entry.presence;
   }
 
+  function sameSubscription(a, b) {
+    return !!a && !!a.presence === !!b.presence &&
+      JSON.stringify(a.filter == null ? null : a.filter) === JSON.stringify(b.filter == null ? null : b.filter);
+  }
+
   function isEnvelope(value, eventName) {
     return value !== null && typeof value === "object" && typeof value.topic === "string" &&
       "ts" in value && (eventName === undefined || value.event === eventName);
   }
 
-  // A hub event's payload: the frame without its "op" (and unwrapped when the
-  // hub puts the record under "data").
+  // A WS hub event's payload, the same object SSE carries as `data`. Inbox
+  // events put it under "data" (so a record's own `id` is never read as a
+  // request id): {"op":"notification","data":{record}}. The others are the
+  // frame without its "op": {"op":"join","topic":..,"user":..,"info":..}.
   function payloadOf(frame) {
+    if (INBOX_EVENTS.indexOf(frame.op) >= 0) return frame.data || {};
     var out = {};
     Object.keys(frame).forEach(function (key) { if (key !== "op") out[key] = frame[key]; });
-    var keys = Object.keys(out);
-    if (keys.length === 1 && keys[0] === "data" && out.data && typeof out.data === "object") {
-      return out.data;
-    }
     return out;
   }
 
@@ -229,15 +235,17 @@ var hubbub = (function () {
     var entry = {filter: opts.filter, presence: !!opts.presence};
     this.topics.set(topic, entry);
     var self = this;
-    var plain = isPlain(entry) && opts.since == null;
     return this._whenConnected().then(function () {
-      if (plain && self.link.topicSet.has(topic)) return;  // the link was opened with it
+      // The link was opened with this very subscription (topic, filter,
+      // presence): subscribing again would only repeat it.
+      if (opts.since == null && sameSubscription(self.link.opened.get(topic), entry)) return;
       if (self.link.kind === "ws") {
         var op = {op: "subscribe", topic: topic};
         if (opts.since != null) op.since = opts.since;
         if (entry.filter != null) op.filter = entry.filter;
         if (entry.presence) op.presence = true;
-        return self.link.request(op).then(function () {});
+        var link = self.link;
+        return link.request(op).then(function () { link.opened.set(topic, entry); });
       }
       // SSE and poll carry their subscriptions in the URL: reopen with the new
       // set, resuming from the last id, so nothing already flowing is missed.
@@ -245,11 +253,21 @@ var hubbub = (function () {
     });
   };
 
+  Client.prototype._wantsPresence = function () {
+    var wants = false;
+    this.topics.forEach(function (entry) { if (entry.presence) wants = true; });
+    return wants;
+  };
+
   Client.prototype.unsubscribe = function (topic) {
     if (!this.topics.delete(topic)) return Promise.resolve();
     var self = this;
+    // The open link no longer has it, whatever the hub answers: a later
+    // subscribe to the same topic must reach the hub again.
+    if (this.link) this.link.opened.delete(topic);
     return this._whenConnected().then(function () {
       if (self.link.kind === "ws") {
+        self.link.opened.delete(topic);
         return self.link.request({op: "unsubscribe", topic: topic}).then(function () {});
       }
       return self._reopen();
@@ -484,11 +502,6 @@ var hubbub = (function () {
     // Ephemeral publications have no id and are not a resume point.
     if (envelope.id != null) this.lastEventId = envelope.id;
     this._emit("message", envelope);
-    // A hub may also deliver a user's notifications as publications on a
-    // user.<id>.… topic: surface those under their own event names too.
-    if (NOTIFICATION_EVENTS.indexOf(envelope.event) >= 0 && envelope.topic.indexOf("user.") === 0) {
-      this._emit(envelope.event, envelope.data);
-    }
   };
 
   Client.prototype._hubEvent = function (name, payload, eventId) {
@@ -500,9 +513,6 @@ var hubbub = (function () {
       var topics = payload.topics || (payload.topic ? [payload.topic] : []);
       this._emit("reset", {topics: topics, reason: payload.reason});
       return;
-    }
-    if (name === "unread_count" && payload.count === undefined && typeof payload.data === "object") {
-      payload = payload.data;
     }
     this._emit(name, payload);
   };
@@ -518,7 +528,7 @@ var hubbub = (function () {
   // Common parts: the open timeout, the idle watchdog and reporting back.
   function LinkBase(client, kind, opts) {
     this.client = client;
-    this.topicSet = new Set();   // the topics this link was opened with
+    this.opened = new Map();     // topic -> the subscription entry this link was opened with
     this.kind = kind;
     this.probe = !!opts.probe;
     this.opts = opts;
@@ -572,10 +582,10 @@ var hubbub = (function () {
   LinkBase.prototype.subscriptionParams = function (token, plainOnly) {
     var client = this.client;
     var params = [];
-    var topicSet = this.topicSet = new Set();
+    var opened = this.opened;
     client.topics.forEach(function (entry, topic) {
       if (plainOnly && !isPlain(entry)) return;
-      topicSet.add(topic);
+      opened.set(topic, entry);
       params.push(["topic", topic]);
     });
     params.push(["filter", filterQuery(client.options.filter)]);
@@ -659,7 +669,7 @@ var hubbub = (function () {
       if (entry.filter != null) op.filter = entry.filter;
       if (entry.presence) op.presence = true;
       if (since != null && !self.probe) op.since = since;
-      self.topicSet.add(topic);
+      self.opened.set(topic, entry);
       asked.push(self.request(op).catch(function (error) {
         // One refused topic must not keep the others from flowing.
         if (!self.probe) client._emit("error", {code: error.code, reason: error.reason, topic: topic});
@@ -736,7 +746,12 @@ var hubbub = (function () {
     var self = this;
     client._token().then(function (token) {
       if (self.done) return;
-      var url = client.fastUrl + "/sse" + query(self.subscriptionParams(token));
+      var params = self.subscriptionParams(token);
+      // SSE asks for join/leave per stream, not per topic: when any topic
+      // wants presence, the stream gets the events of all its topics (each
+      // names its topic). Long-poll takes no part in presence (SPEC 10).
+      if (client._wantsPresence()) params.push(["presence", "1"]);
+      var url = client.fastUrl + "/sse" + query(params);
       return fetch(url, {headers: {Accept: "text/event-stream"}, cache: "no-store",
                          signal: self.abort.signal}).then(function (response) {
         if (!response.ok) {
