@@ -28,9 +28,9 @@ from picows.picows import WSProtocol
 from .. import wire
 from ..accesslog import log_access
 from ..auth import ANONYMOUS, Request
-from ..logutil import RateLimitFilter
 from ..connection import CLOSE_INTERNAL, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_TOO_BIG, Connection
 from ..cors import CorsPolicy, head_lines
+from ..logutil import RateLimitFilter
 from ..ops import WSSession
 from .http import SSE_HEADERS, error_body, open_sse
 
@@ -50,7 +50,7 @@ MAX_HEADERS = 100
 # picows' read buffer starts at this size and grows when a frame needs it:
 # clients mostly listen, so small keeps idle connections cheap (16 KiB was
 # most of the RSS of an idle connection).
-READ_BUFFER_INITIAL = 512
+READ_BUFFER_INITIAL = 2048
 CLOSE_TIMEOUT = 2.0  # seconds a peer has to answer our close frame
 SSE_HEAD = b"HTTP/1.1 200 OK\r\n" + b"".join(
     f"{k}: {v}\r\n".encode() for k, v in SSE_HEADERS) + b"connection: close\r\n\r\n"
