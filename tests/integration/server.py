@@ -35,6 +35,10 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
+class PortTaken(RuntimeError):
+    """The hub could not bind its ports: another process got there first."""
+
+
 class HubProcess:
     def __init__(self, env: dict[str, str] | None = None, dev: bool = True, args: list[str] = (),
                  tls=None) -> None:
@@ -62,6 +66,22 @@ class HubProcess:
         return f"{scheme}://127.0.0.1:{port}{path}"
 
     def start(self, log_dir: Path) -> "HubProcess":
+        """Start and wait until both ports answer. On a first start whose
+        ports another process took in the meantime (free_port_pair only
+        picked them), try again on fresh ones; a restart keeps its ports."""
+        first = self.log_path is None
+        for attempt in range(3):
+            try:
+                return self._start(log_dir)
+            except PortTaken:
+                if not first or attempt == 2:
+                    raise
+                self.port = free_port_pair()
+                self.fast_port = self.port + 1
+                self.env.update(HUBBUB_PORT=str(self.port), HUBBUB_FAST_PORT=str(self.fast_port))
+        raise AssertionError("unreachable")
+
+    def _start(self, log_dir: Path) -> "HubProcess":
         self.log_path = log_dir / f"hub-{self.port}.log"
         if self.own_data_dir:  # the first start's directory: a restart finds its data again
             self.env["HUBBUB_DATA_DIR"] = str(log_dir)
@@ -73,7 +93,10 @@ class HubProcess:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"hub exited at start:\n{self.output()}")
+                output = self.output()
+                if "address already in use" in output.lower():
+                    raise PortTaken(output)
+                raise RuntimeError(f"hub exited at start:\n{output}")
             try:
                 if httpx.get(self.base + "/healthz", timeout=1, verify=self.tls or True).status_code == 200 and \
                         _port_open(self.fast_port):
