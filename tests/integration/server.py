@@ -74,6 +74,7 @@ class HubProcess:
             try:
                 return self._start(log_dir)
             except PortTaken:
+                self.log.close()
                 if not first or attempt == 2:
                     raise
                 self.port = free_port_pair()

@@ -37,15 +37,9 @@ def fleet(tmp_path, shared):
         for _ in range(count):
             settings = {**SECURED_ENV, "HUBBUB_BACKPLANE": url, "HUBBUB_BACKPLANE_PREFIX": prefix,
                         "HUBBUB_PRESENCE_TTL": str(PRESENCE_TTL), **(env or {})}
-            for attempt in range(3):  # another process may take the picked port before the bind
-                proc = HubProcess(dev=False, env=settings)
-                started.append(proc)
-                try:
-                    procs.append(proc.start(tmp_path))
-                    break
-                except RuntimeError as error:
-                    if "in use" not in str(error) or attempt == 2:
-                        raise
+            proc = HubProcess(dev=False, env=settings)  # retries on fresh ports if one was taken
+            started.append(proc)
+            procs.append(proc.start(tmp_path))
         return procs
 
     yield start

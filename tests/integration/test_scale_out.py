@@ -39,22 +39,9 @@ def nodes(tmp_path):
                                  "HUBBUB_PRESENCE_TTL": str(PRESENCE_TTL), **(env or {})},
                             args=list(args)) for _ in range(count)]
         started.extend(procs)
-
-        def start_one(proc: HubProcess) -> HubProcess:
-            try:
-                return proc.start(tmp_path)
-            except RuntimeError as error:
-                if "in use" not in str(error):
-                    raise
-                # Another process took the free port between the pick and the bind: new ports.
-                again = HubProcess(env=proc.env | {"HUBBUB_PORT": "", "HUBBUB_FAST_PORT": ""},
-                                   args=proc.args)
-                again.env.update(HUBBUB_PORT=str(again.port), HUBBUB_FAST_PORT=str(again.fast_port))
-                started.append(again)
-                return again.start(tmp_path)
-
+        # In parallel; each retries on fresh ports if another process took its own.
         with concurrent.futures.ThreadPoolExecutor(count) as pool:
-            return list(pool.map(start_one, procs))
+            return list(pool.map(lambda proc: proc.start(tmp_path), procs))
 
     yield start
     for proc in started:

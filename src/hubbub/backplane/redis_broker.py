@@ -9,7 +9,6 @@ import logging
 import math
 import random
 import secrets
-import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,16 +27,20 @@ FILL_BATCH = 1000  # stream entries read per XRANGE when catching up: bounds one
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
 
-# Append, number and announce in one atomic step, so no two nodes hand out the
-# same seq and no subscriber hears of a seq the stream does not hold yet. A
-# missing epoch key means Redis lost its data: a new id space starts.
-PUBLISH = """
+# The current epoch; a missing epoch key means Redis lost its data, so a new
+# id space (ARGV[1]) starts with an empty seq and stream. KEYS: epoch, seq, stream.
+CURRENT_EPOCH = """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch)
   redis.call('DEL', KEYS[2], KEYS[3])
 end
+"""
+
+# Append, number and announce in one atomic step, so no two nodes hand out the
+# same seq and no subscriber hears of a seq the stream does not hold yet.
+PUBLISH = CURRENT_EPOCH + """
 local seq = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'p', ARGV[5])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
@@ -45,13 +48,7 @@ redis.call('PUBLISH', ARGV[4], epoch .. ':' .. seq .. ':' .. ARGV[5])
 return {epoch, seq}
 """
 
-ENSURE_EPOCH = """
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[1], epoch)
-  redis.call('DEL', KEYS[2], KEYS[3])
-end
+ENSURE_EPOCH = CURRENT_EPOCH + """
 return {epoch, tonumber(redis.call('GET', KEYS[2]) or '0')}
 """
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .store import COLUMNS, NewNotification, NotificationStore, StoreError, encode_data, now_ms, record_of
+from .store import (COLUMNS, NewNotification, NotificationStore, StoreError, encode_data, now_ms,
+                    page_query, record_of)
 
 try:
     import psycopg
@@ -112,15 +113,7 @@ class PostgresStore(NotificationStore):
 
     async def list(self, user: str, *, unread_only: bool = False, limit: int = 50,
                    before_id: int | None = None) -> list[dict[str, Any]]:
-        sql = f"SELECT {COLUMNS} FROM hubbub_notifications WHERE user_id = %s"
-        args: list[Any] = [user]
-        if unread_only:
-            sql += " AND NOT read"
-        if before_id is not None:
-            sql += " AND id < %s"
-            args.append(before_id)
-        sql += " ORDER BY id DESC LIMIT %s"
-        args.append(limit)
+        sql, args = page_query("%s", "NOT read", user, unread_only, limit, before_id)
         return [record_of(row) for row in await self._fetch(sql, args)]
 
     async def mark_read(self, user: str, id_: int) -> dict[str, Any] | None:

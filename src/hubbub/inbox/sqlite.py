@@ -18,7 +18,8 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .store import COLUMNS, NewNotification, NotificationStore, StoreError, encode_data, now_ms, record_of
+from .store import (COLUMNS, NewNotification, NotificationStore, StoreError, encode_data, now_ms,
+                    page_query, record_of)
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -110,15 +111,7 @@ class SqliteStore(NotificationStore):
 
     async def list(self, user: str, *, unread_only: bool = False, limit: int = 50,
                    before_id: int | None = None) -> list[dict[str, Any]]:
-        sql = f"SELECT {COLUMNS} FROM hubbub_notifications WHERE user_id = ?"
-        args: list[Any] = [user]
-        if unread_only:
-            sql += " AND read = 0"
-        if before_id is not None:
-            sql += " AND id < ?"
-            args.append(before_id)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
+        sql, args = page_query("?", "read = 0", user, unread_only, limit, before_id)
         rows = await self._run(lambda: self._db.execute(sql, args).fetchall())
         return [record_of(row) for row in rows]
 

@@ -77,6 +77,23 @@ def record_of(row: tuple) -> dict[str, Any]:
     }
 
 
+def page_query(param: str, unread_test: str, user: str, unread_only: bool, limit: int,
+               before_id: int | None) -> tuple[str, list[Any]]:
+    """SQL and arguments for one newest-first keyset page of ``user``'s
+    notifications; ``param`` is the driver's placeholder (``?`` or ``%s``),
+    ``unread_test`` its SQL for an unread row."""
+    sql = f"SELECT {COLUMNS} FROM hubbub_notifications WHERE user_id = {param}"
+    args: list[Any] = [user]
+    if unread_only:
+        sql += f" AND {unread_test}"
+    if before_id is not None:
+        sql += f" AND id < {param}"
+        args.append(before_id)
+    sql += f" ORDER BY id DESC LIMIT {param}"
+    args.append(limit)
+    return sql, args
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
