@@ -7,6 +7,7 @@ CI=true, where that is a failure.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.parse
 import uuid
@@ -37,17 +38,25 @@ def _with_search_path(url: str, schema: str) -> str:
     return url + sep + "options=" + urllib.parse.quote(f"-csearch_path={schema}")
 
 
-@pytest.fixture
-def postgres_schema_url():
-    """A fresh schema on the real server: yields its store URL, drops it after."""
+@contextlib.contextmanager
+def fresh_schema(prefix: str = "hubbub_test_"):
+    """A fresh schema on the real server, as a store URL; dropped after.
+    Unreachable: a skip with the reason, or a failure under CI=true."""
     admin = _admin_connect()
-    schema = "hubbub_test_" + uuid.uuid4().hex[:12]
+    schema = prefix + uuid.uuid4().hex[:12]
     admin.execute(f'CREATE SCHEMA "{schema}"')
     try:
         yield _with_search_path(POSTGRES_URL, schema)
     finally:
         admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         admin.close()
+
+
+@pytest.fixture
+def postgres_schema_url():
+    """A fresh schema on the real server: yields its store URL, drops it after."""
+    with fresh_schema() as url:
+        yield url
 
 
 @pytest.fixture

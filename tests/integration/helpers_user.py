@@ -6,7 +6,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import uuid
 import weakref
 
 import httpx
@@ -26,19 +25,9 @@ def postgres_schema():
     """A context manager: a fresh schema on the real PostgreSQL, as a store URL; dropped after.
 
     Unreachable: a skip with the reason, or a failure under CI=true."""
-    from tests.inbox.conftest import POSTGRES_URL, _admin_connect, _with_search_path
+    from tests.inbox.conftest import fresh_schema
 
-    @contextlib.contextmanager
-    def schema():
-        admin = _admin_connect()
-        name = "hubbub_it_" + uuid.uuid4().hex[:12]
-        admin.execute(f'CREATE SCHEMA "{name}"')
-        try:
-            yield _with_search_path(POSTGRES_URL, name)
-        finally:
-            admin.execute(f'DROP SCHEMA "{name}" CASCADE')
-            admin.close()
-    return schema()
+    return fresh_schema("hubbub_it_")
 
 
 class SSEReader:

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from .store import (COLUMNS, NewNotification, NotificationStore, StoreError, encode_data, now_ms,
-                    page_query, record_of)
+                    page_query, pending_migrations, record_of)
 
 try:
     import psycopg
@@ -159,12 +159,7 @@ async def _migrate(conn) -> None:
         await conn.execute("CREATE TABLE IF NOT EXISTS hubbub_schema_version (version INTEGER PRIMARY KEY)")
         cursor = await conn.execute("SELECT COALESCE(MAX(version), 0) FROM hubbub_schema_version")
         (current,) = await cursor.fetchone()
-        latest = MIGRATIONS[-1][0]
-        if current > latest:
-            raise StoreError(f"the database schema is version {current}, newer than this hubbub "
-                             f"understands ({latest}); upgrade hubbub")
-        for version, statements in MIGRATIONS:
-            if version > current:
-                for statement in statements:
-                    await conn.execute(statement)
-                await conn.execute("INSERT INTO hubbub_schema_version (version) VALUES (%s)", (version,))
+        for version, statements in pending_migrations(MIGRATIONS, current):
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO hubbub_schema_version (version) VALUES (%s)", (version,))

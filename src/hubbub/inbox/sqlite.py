@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .store import (COLUMNS, NewNotification, NotificationStore, StoreError, encode_data, now_ms,
-                    page_query, record_of)
+                    page_query, pending_migrations, record_of)
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -160,15 +160,10 @@ def _migrate(db: sqlite3.Connection) -> None:
     try:
         db.execute("CREATE TABLE IF NOT EXISTS hubbub_schema_version (version INTEGER PRIMARY KEY)")
         current = db.execute("SELECT COALESCE(MAX(version), 0) FROM hubbub_schema_version").fetchone()[0]
-        latest = MIGRATIONS[-1][0]
-        if current > latest:
-            raise StoreError(f"the database schema is version {current}, newer than this hubbub "
-                             f"understands ({latest}); upgrade hubbub")
-        for version, statements in MIGRATIONS:
-            if version > current:
-                for statement in statements:
-                    db.execute(statement)
-                db.execute("INSERT INTO hubbub_schema_version (version) VALUES (?)", (version,))
+        for version, statements in pending_migrations(MIGRATIONS, current):
+            for statement in statements:
+                db.execute(statement)
+            db.execute("INSERT INTO hubbub_schema_version (version) VALUES (?)", (version,))
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")

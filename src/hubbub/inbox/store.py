@@ -77,6 +77,16 @@ def record_of(row: tuple) -> dict[str, Any]:
     }
 
 
+def pending_migrations(migrations: list[tuple[int, list[str]]], current: int) -> list[tuple[int, list[str]]]:
+    """The migrations after schema version ``current``, in order; StoreError
+    when the database is newer than this code understands."""
+    latest = migrations[-1][0]
+    if current > latest:
+        raise StoreError(f"the database schema is version {current}, newer than this hubbub "
+                         f"understands ({latest}); upgrade hubbub")
+    return [(version, statements) for version, statements in migrations if version > current]
+
+
 def page_query(param: str, unread_test: str, user: str, unread_only: bool, limit: int,
                before_id: int | None) -> tuple[str, list[Any]]:
     """SQL and arguments for one newest-first keyset page of ``user``'s
