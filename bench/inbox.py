@@ -32,7 +32,7 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from hubbub.inbox.store import NewNotification, open_store  # noqa: E402
+from hubbub.services.inbox import NewNotification, open_store  # noqa: E402
 
 CONCURRENCY = 16
 LIST_ROUNDS = 300

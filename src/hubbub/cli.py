@@ -93,7 +93,7 @@ def serve_command(args: argparse.Namespace) -> int:
         os.environ[f"HUBBUB_{name}"] = str(value)
 
     # The workers of one machine add their metrics up through a shared folder
-    # (telemetry.py); a fresh one per run, so no earlier run's files count.
+    # (services/telemetry.py); a fresh one per run, so no earlier run's files count.
     metrics_dir = None
     if config.workers > 1 and not config.metrics_dir:
         metrics_dir = tempfile.mkdtemp(prefix="hubbub-metrics-")

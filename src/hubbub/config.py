@@ -81,7 +81,7 @@ class Config:
     # GET /metrics without the API key (for a scraper inside a trusted network).
     metrics_public: bool = False
     # Where the workers of one machine share their metrics snapshots
-    # (telemetry.py); ``hubbub serve --workers N`` sets a fresh one for N > 1.
+    # (services/telemetry.py); ``hubbub serve --workers N`` sets a fresh one for N > 1.
     metrics_dir: str = ""
 
     @classmethod

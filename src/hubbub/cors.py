@@ -6,14 +6,14 @@ another origin and to open WebSockets. Empty (the default) means same-origin
 only. ``*`` (any origin) is for ``--dev`` only; with ``*`` the hub answers
 ``Access-Control-Allow-Origin: *`` and never allows credentials.
 
-Interface, used by both ports:
+Interface, used by both ports (``transports.cors_middleware`` wraps it
+around the ASGI app):
 
 - ``CorsPolicy.of(config)``: the policy (one per hub config, cached).
 - ``policy.is_browser_path(path)``: does CORS apply to this endpoint?
 - ``policy.preflight(headers)``: (status, headers) answering ``OPTIONS``.
 - ``policy.response_headers(headers)``: headers to add to an actual response.
 - ``policy.ws_allowed(headers)``: may this WebSocket upgrade proceed?
-- ``CorsMiddleware(app, policy)``: all of the above around an ASGI app.
 
 ``headers`` is always a dict of lower-cased header names to values.
 """
@@ -148,63 +148,6 @@ def same_origin(origin: str, host: str | None) -> bool:
     except ValueError:
         return False
     return parts.hostname == target.hostname and origin_port == host_port
-
-
-# -- ASGI -------------------------------------------------------------------------------
-class CorsMiddleware:
-    """Wraps the hub's ASGI app: preflights, response headers, the WS Origin check.
-
-    Attributes it does not have are read from the wrapped app (``inner``).
-    """
-
-    def __init__(self, app: Any, policy: CorsPolicy) -> None:
-        self.inner = app
-        self.policy = policy
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def __call__(self, scope: dict, receive, send) -> None:
-        kind = scope["type"]
-        if kind == "websocket":
-            if not self.policy.ws_allowed(_headers(scope)):
-                message = await receive()
-                if message["type"] == "websocket.connect":
-                    # A close before accept is an HTTP 403 to the client.
-                    await send({"type": "websocket.close", "code": 1008, "reason": "origin not allowed"})
-                return
-        elif kind == "http" and self.policy.is_browser_path(_route_path(scope)):
-            headers = _headers(scope)
-            if scope["method"] == "OPTIONS":
-                status, extra = self.policy.preflight(headers)
-                await send({"type": "http.response.start", "status": status,
-                            "headers": [(k.encode(), v.encode()) for k, v in extra]})
-                await send({"type": "http.response.body", "body": b""})
-                return
-            send = _adding_headers(send, self.policy.response_headers(headers))
-        await self.inner(scope, receive, send)
-
-
-def _headers(scope: dict) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
-
-
-def _route_path(scope: dict) -> str:
-    path = scope.get("path") or "/"
-    root = scope.get("root_path") or ""
-    if root and path.startswith(root):
-        path = path[len(root):] or "/"
-    return path
-
-
-def _adding_headers(send, extra: Headers):
-    encoded = [(k.encode(), v.encode()) for k, v in extra]
-
-    async def sending(message: dict) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", ()), *encoded]}
-        await send(message)
-    return sending
 
 
 def head_lines(headers: Headers) -> bytes:

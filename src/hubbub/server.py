@@ -27,7 +27,7 @@ import signal
 import granian._signals as granian_signals
 
 from .config import Config
-from .hub import Hub
+from .app import Hub
 
 _hubs: list[Hub] = []
 

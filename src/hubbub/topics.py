@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from .errors import HubError
+
 MAX_TOPIC_BYTES = 255
 
 # The common case (ASCII word characters, dashes, colons...) is accepted by one
@@ -81,3 +83,11 @@ def _check(value: object, what: str, wildcards: bool) -> None:
                     f"topic segment {segment!r} contains {char!r}; wildcards are only for"
                     f" subscription patterns"
                 )
+
+
+def requested_pattern(pattern: object) -> str:
+    """``validate_pattern`` for a client's request: HubError 400 naming the problem."""
+    try:
+        return validate_pattern(pattern)
+    except TopicError as error:
+        raise HubError(400, str(error)) from None

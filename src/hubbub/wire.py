@@ -59,6 +59,12 @@ def ws_error(code: int, reason: str, request_id: Any = None) -> bytes:
 
 
 SSE_PREAMBLE = b"retry: 2000\n\n"
+# The head of every Server-Sent Events response, on either port.
+SSE_HEADERS = [
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("cache-control", "no-store"),
+    ("x-accel-buffering", "no"),
+]
 SSE_PING = b": ping\n\n"
 WS_PING = b'{"op":"ping"}'
 
@@ -67,6 +73,17 @@ def dropped_notice(fmt: int, count: int) -> bytes:
     if fmt == SSE:
         return b'event: dropped\ndata: {"count":%d}\n\n' % count
     return b'{"op":"dropped","count":%d}' % count
+
+
+def reset(fmt: int, patterns: list[str], reason: str, last_id: str) -> list[bytes]:
+    """The frames telling a connection that these subscriptions may have missed
+    publications (SPEC 5, 6): one WS ``reset`` op per pattern, or one SSE
+    ``reset`` event for them all carrying ``last_id`` (the newest id), so a
+    browser that reconnects resumes from now rather than hitting the same reset.
+    A long-poll is told in its answer instead (not here)."""
+    if fmt == WS:
+        return [ws_op("reset", topic=p, reason=reason) for p in patterns]
+    return [sse_event("reset", {"topics": patterns, "reason": reason}, last_id)]
 
 
 def presence_event(fmt: int, event: str, payload: dict) -> bytes:

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from hubbub.inbox.store import open_store
+from hubbub.services.inbox.stores import open_store
 
 POSTGRES_URL = os.environ.get("HUBBUB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 START_HINT = "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"

@@ -10,7 +10,8 @@ import pytest
 
 from hubbub.auth import Authenticator, Request
 from hubbub.config import Config
-from hubbub.inbox import Inbox, NotificationEndpoints
+from hubbub.endpoints.notifications import NotificationEndpoints
+from hubbub.services.inbox import Inbox
 from tests.integration.tokens import API_KEY, AUDIENCE, SECRET, token
 
 CONFIG = Config(jwt_secret=SECRET, api_key=API_KEY, jwt_audience=AUDIENCE, max_message_bytes=1024)

@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from hubbub.errors import HubError
-from hubbub.inbox import Inbox
+from hubbub.services.inbox import Inbox
 
 
 class Recorder:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from hubbub.inbox.store import NewNotification, StoreError, open_store
+from hubbub.services.inbox import NewNotification, StoreError, open_store
 
 
 def note(user="alice", title="Hello", message="world", **fields) -> NewNotification:
@@ -250,7 +250,7 @@ async def test_sqlite_creates_its_file_and_directory_in_wal_mode(tmp_path):
 
 async def test_sqlite_relative_path_is_under_the_data_dir(tmp_path, monkeypatch):
     from hubbub.config import Config
-    from hubbub.inbox.store import store_from_config
+    from hubbub.services.inbox.stores import store_from_config
 
     monkeypatch.chdir(tmp_path)
     in_cwd = store_from_config(Config(store="sqlite:///rel/hubbub.db"))

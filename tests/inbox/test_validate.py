@@ -5,7 +5,7 @@ import pytest
 
 from hubbub.config import Config, ConfigError
 from hubbub.errors import HubError
-from hubbub.inbox import validate
+from hubbub.services.inbox import validate
 
 LIMIT = 1024
 GOOD = {"user": "alice", "title": "Payment", "message": "Received"}

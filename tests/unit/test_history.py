@@ -2,7 +2,7 @@
 import pytest
 
 from hubbub import filters
-from hubbub.history import Gap, History, Kept
+from hubbub.core.history import Gap, History, Kept
 
 FAR = 1e12
 

@@ -3,9 +3,10 @@ from prometheus_client.core import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hubbub.hub import Hub
-from hubbub.metrics import HubCollector
-from hubbub.telemetry import LATENCY_BUCKETS, LatencyHistogram, merge
+from hubbub import Hub
+from hubbub.endpoints.metrics import HubCollector
+from hubbub.core.counters import LATENCY_BUCKETS, LatencyHistogram
+from hubbub.services.telemetry import merge
 
 
 def test_merge_sums_counts_and_keeps_the_deepest_outbox_and_the_worst_backplane():

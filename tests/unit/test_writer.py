@@ -10,7 +10,7 @@ import pytest
 
 from hubbub import Config, Hub
 from hubbub.auth import DEV_ANONYMOUS
-from hubbub.connection import CLOSE_SLOW, CLOSED, CLOSING, HIGH_WATER, OPEN, Connection
+from hubbub.core.connection import CLOSE_SLOW, CLOSED, CLOSING, HIGH_WATER, OPEN, Connection
 from hubbub.wire import POLL, SSE, WS
 
 
@@ -41,7 +41,7 @@ def make_hub(**settings) -> Hub:
 
 def connect(hub: Hub, fmt: int = WS, *patterns: str) -> tuple[Connection, FakeTransport]:
     transport = FakeTransport()
-    conn = Connection(hub, fmt, DEV_ANONYMOUS, transport)
+    conn = hub.connection(fmt, DEV_ANONYMOUS, transport)
     hub.attach(conn)
     for pattern in patterns or ("t.>",):
         hub.subscribe(conn, pattern)

@@ -74,7 +74,7 @@ class Broker:
         raise NotImplementedError
 
 
-class LocalPresence:
+class NodePresence:
     """This node's presence: topic -> user -> [connections, info].
 
     Kept by every broker: the memory broker answers from it, the Redis broker

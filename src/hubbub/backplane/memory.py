@@ -11,7 +11,7 @@ import secrets
 import time
 from typing import Any
 
-from .base import Broker, LocalPresence, OnEpochChange, OnEvent, OnGap, OnPublication
+from .base import Broker, NodePresence, OnEpochChange, OnEvent, OnGap, OnPublication
 
 
 class MemoryBroker(Broker):
@@ -22,7 +22,7 @@ class MemoryBroker(Broker):
         self.healthy = True
         self.seq = 0
         self._on_publication: OnPublication | None = None
-        self._presence = LocalPresence()
+        self._presence = NodePresence()
         self._idempotency: dict[str, tuple[float, list]] = {}
         self._idempotency_expiry: list[tuple[float, str]] = []  # heap of (expires, key)
 

@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from .base import (BackplaneUnavailable, Broker, LocalPresence, OnEpochChange, OnEvent, OnGap,
+from .base import (BackplaneUnavailable, Broker, NodePresence, OnEpochChange, OnEvent, OnGap,
                    OnPublication)
 
 log = logging.getLogger("hubbub.backplane")
@@ -252,7 +252,7 @@ class RedisBroker(Broker):
         self._node_b = self.node.encode()
         self._events_channel_b = self.events_channel.encode()
         self._topics_key = f"{prefix}presence-topics:{self.node}"
-        self._presence = LocalPresence()
+        self._presence = NodePresence()
         self._presence_dirty = False
         self._presence_gone: set[str] = set()  # topics emptied here while Redis missed it
         self._presence_lock = asyncio.Lock()

@@ -1,258 +1,45 @@
 """The ASGI app: every endpoint, servable by Granian, uvicorn or any router.
 
-Under Granian a ``send`` to a gone client does not raise, so each stream
-watches ``receive()`` for the disconnect; and Granian hides WS ping/pong from
-the app, so liveness is app-level (``{"op":"ping"}`` from the hub).
+Streams are served here (SSE, long-poll, WebSocket, the dashboard stream);
+every other request goes to the endpoints' ``Router``. The transports of
+the streams are ``asgi_streams.py``'s.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from typing import TYPE_CHECKING
 
 import orjson
 
 from .. import wire
-from ..accesslog import log_access
 from ..auth import ANONYMOUS, Request
-from ..connection import CLOSE_INTERNAL, CLOSE_SHUTDOWN, HIGH_WATER, Connection
+from ..core.connection import CLOSE_SHUTDOWN
+from ..core.history import Gap
+from ..endpoints.operations import STREAM_PATH
+from ..endpoints.responses import Response, error_response
 from ..errors import HubError
-from ..history import Gap
-from ..operations import OperationsRoutes
-from ..ops import WSSession
-from ..inbox import NotificationEndpoints
-from .http import (PUBLISH_MAX_BODY, SSE_HEADERS, PublishEndpoint, error_body, health, open_sse,
-                   open_subscriber, presence_endpoint, resume_point)
-from .static import send_static, static_response
+from .asgi_http import (body_reader, logging_send, request_of, route_path, send_response,
+                        start_message, watch_disconnect)
+from .asgi_streams import ASGISSE, ASGIWebSocket, PollAnswer, TextCache, run_sender
+from .streams import resume_point
+from .ws_session import WSSession
 
 if TYPE_CHECKING:
-    from ..hub import Hub
+    from . import Served
 
-log = logging.getLogger("hubbub.asgi")
-
-# A client that answered one hub ping and then stays silent this many
-# liveness periods is taken for dead; the check runs every period, so it is
-# closed within 3 periods, which is at most PRESENCE_TTL. (A client that never
-# answers pings, such as a bare listener, is left to TCP: the app cannot tell
-# it from a dead one.)
-MISSED_PINGS_BEFORE_CLOSE = 2
-PRESENCE_PREFIX = "/presence/"
-
-
-class ASGISender:
-    """The transport of an ASGI stream: ``write`` queues, one task awaits ``send``.
-
-    ``buffered`` counts what is queued or being sent, so the connection's
-    writer stops at the same high-water mark as on a socket and a slow
-    client's backlog stays in its bounded outbox, not here.
-    """
-
-    separator = b""
-
-    def __init__(self, send) -> None:
-        self.send = send
-        self.conn: Connection | None = None
-        self.queue: deque[bytes] = deque()
-        self.queued = 0
-        self.closing: tuple[int, str] | None = None
-        self.gone = False  # the peer disconnected: nothing more is sent
-        self._wakeup: asyncio.Future | None = None
-
-    def write(self, data: bytes) -> None:
-        if not self.gone:
-            self.queue.append(data)
-            self.queued += len(data)
-            self._wake()
-
-    def buffered(self) -> int:
-        return self.queued
-
-    def close(self, code: int, reason: str) -> None:
-        self.closing = (code, reason)
-        self._wake()
-
-    def heartbeat(self, idle: bool) -> None:
-        pass
-
-    def peer_gone(self) -> None:
-        self.gone = True
-        self._wake()
-        if self.conn is not None:
-            self.conn.lost()
-
-    def _wake(self) -> None:
-        waiter = self._wakeup
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def run(self) -> None:
-        """Send what is written, in order, until closed or the peer is gone."""
-        loop = asyncio.get_running_loop()
-        while not self.gone:
-            if self.queue:
-                if len(self.queue) == 1:
-                    data = self.queue.popleft()
-                else:  # several batches since the last send: one message
-                    data = self.separator.join(self.queue)
-                    self.queue.clear()
-                await self.send_data(data)
-                self.queued -= len(data)
-                conn = self.conn
-                if conn is not None and conn.has_pending():
-                    conn.wake()  # it may have stopped at the high-water mark
-                continue
-            if self.closing is not None:
-                await self.send_close(*self.closing)
-                return
-            self._wakeup = loop.create_future()
-            await self._wakeup
-            self._wakeup = None
-
-    async def send_data(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    async def send_close(self, code: int, reason: str) -> None:
-        raise NotImplementedError
-
-
-class ASGISSE(ASGISender):
-    async def send_data(self, data: bytes) -> None:
-        await self.send({"type": "http.response.body", "body": data, "more_body": True})
-
-    async def send_close(self, code: int, reason: str) -> None:
-        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    def heartbeat(self, idle: bool) -> None:
-        if idle:
-            self.write(wire.SSE_PING)
-
-
-class ASGIWebSocket(ASGISender):
-    separator = b"\n"
-
-    def __init__(self, send, heartbeat: float, text_of: "_TextCache") -> None:
-        super().__init__(send)
-        self.interval = heartbeat
-        self.text_of = text_of
-        self.receiving: asyncio.Future | None = None  # the reader's pending receive()
-        self.last_seen = time.monotonic()  # when the client last sent a frame
-        self.answers_pings = False  # it sent {"op":"pong"} once: silence now means dead
-
-    async def send_data(self, data: bytes) -> None:
-        # ASGI wants str for a text frame; one-message batches are the bytes
-        # every subscriber shares, decoded once for all of them.
-        await self.send({"type": "websocket.send", "text": self.text_of(data)})
-
-    async def send_close(self, code: int, reason: str) -> None:
-        # Granian sends no close frame while a receive() is pending (seen
-        # with granian 2.8.7): the reader's receive is cancelled first.
-        if self.receiving is not None and not self.receiving.done():
-            self.receiving.cancel()
-            await asyncio.wait([self.receiving])
-        await self.send({"type": "websocket.close", "code": code, "reason": reason[:120]})
-
-    def pong(self) -> None:
-        """The client answered a hub ping with ``{"op":"pong"}``: from now on
-        its silence means it is gone. Any other frame proves nothing: a
-        client that publishes now and then may simply not speak pong."""
-        self.answers_pings = True
-
-    def heartbeat(self, idle: bool) -> None:
-        # Granian hides protocol pings from the app: liveness is app-level.
-        now = time.monotonic()
-        if self.answers_pings and now - self.last_seen > self.interval * MISSED_PINGS_BEFORE_CLOSE:
-            self.conn.close(CLOSE_SHUTDOWN, "no answer to pings")
-            return
-        # Ping a client that has been silent a period even while we write to
-        # it: liveness is about what it sends, not about what we send.
-        if idle or now - self.last_seen >= self.interval:
-            self.write(wire.WS_PING)
-
-
-class PollAnswer:
-    """The transport of a long-poll request: the first batch written is the answer."""
-
-    def __init__(self) -> None:
-        self.body: bytes | None = None
-        self.done = asyncio.get_running_loop().create_future()
-
-    def peer_gone(self) -> None:
-        self._finish()  # nobody to answer: stop waiting
-
-    def write(self, data: bytes) -> None:
-        self.body = data if self.body is None else self.body + b"," + data
-        self._finish()
-
-    def buffered(self) -> int:
-        # One batch answers the poll: after it the writer holds the rest back.
-        return 0 if self.body is None else HIGH_WATER
-
-    def close(self, code: int, reason: str) -> None:
-        self._finish()
-
-    def heartbeat(self, idle: bool) -> None:
-        pass
-
-    def _finish(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-
-
-class _TextCache:
-    """Decoded text of recently sent one-message batches, bounded by bytes.
-
-    The bound matters: batches are unique and up to BATCH_MAX_BYTES each, and
-    a count bound alone let slow readers pin hundreds of MiB here.
-    """
-
-    def __init__(self, max_bytes: int = 1 << 20, max_item: int = 16 << 10) -> None:
-        self.max_bytes = max_bytes
-        self.max_item = max_item
-        self.size = 0
-        self.texts: dict[bytes, str] = {}
-
-    def __call__(self, batch: bytes) -> str:
-        text = self.texts.get(batch)
-        if text is not None:
-            return text
-        text = batch.decode()
-        if len(batch) <= self.max_item:
-            while self.size + len(batch) > self.max_bytes:
-                self.size -= len(self.texts.pop(next(iter(self.texts))))
-            self.texts[batch] = text
-            self.size += len(batch)
-        return text
-
-
-def request_of(scope: dict, path: str) -> Request:
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-    client = scope.get("client")
-    return Request(path=path, headers=headers, query=query, client=client[0] if client else None)
-
-
-def route_path(scope: dict) -> str:
-    """The path inside our mount point, whether or not the router already stripped it."""
-    path = scope.get("path") or "/"
-    root = scope.get("root_path") or ""
-    if root and path.startswith(root):
-        path = path[len(root):] or "/"
-    return path
+POLL_DEFAULT_TIMEOUT = 20.0
+POLL_MAX_TIMEOUT = 60.0
 
 
 class HubApp:
-    def __init__(self, hub: "Hub") -> None:
+    def __init__(self, hub: "Served") -> None:
         self.hub = hub
         # (host, port, reuse_port) of a native listener to run beside this app
         # in the same event loop, started with the lifespan (``hubbub serve``).
         self.fast_listener: tuple[str, int, bool] | None = None
-        self.publish_endpoint = PublishEndpoint(hub)
-        self.text_of = _TextCache()
-        self.operations = OperationsRoutes(hub)  # /metrics, /dashboard (operations.py)
+        self.text_of = TextCache()
 
     async def __call__(self, scope: dict, receive, send) -> None:
         kind = scope["type"]
@@ -263,16 +50,16 @@ class HubApp:
         await self.hub.start()
         path = route_path(scope)
         if self.hub.config.access_log:
-            send = _logging_send(scope, path, send)
+            send = logging_send(scope, path, send)
         if kind == "websocket":
             if path == "/ws":
-                await self._websocket(scope, receive, send, request_of(scope, path))
+                await self._websocket(receive, send, request_of(scope, path))
             else:
                 await receive()
                 await send({"type": "websocket.close", "code": 4404, "reason": "no such endpoint"})
             return
         if kind == "http":
-            await self._http(scope, receive, send, path)
+            await self._http(scope["method"], path, receive, send, request_of(scope, path))
 
     async def _lifespan(self, receive, send) -> None:
         while True:
@@ -293,82 +80,31 @@ class HubApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    # -- HTTP -----------------------------------------------------------------
-    async def _http(self, scope: dict, receive, send, path: str) -> None:
-        method = scope["method"]
-        request = request_of(scope, path)
-        if await self._inbox_and_presence(receive, send, method, path, request):
-            return
-        if path == "/sse" and method == "GET":
+    async def _http(self, method: str, path: str, receive, send, request: Request) -> None:
+        if method == "GET" and path == "/sse":
             await self._sse(receive, send, request)
-        elif path == "/publish" and method == "POST":
-            try:
-                body = await _read_body(receive, PUBLISH_MAX_BODY)
-            except HubError as error:
-                await _json(send, error.code, error_body(error.code, error.reason))
-                return
-            status, payload, headers = await self.publish_endpoint(request, body)
-            await _json(send, status, payload, headers)
-        elif path == "/poll" and method == "GET":
-            status, payload = await self._poll(receive, request)
-            await _json(send, status, payload)
-        elif path == "/healthz" and method in ("GET", "HEAD"):
-            status, payload, headers = health(self.hub)
-            await _json(send, status, payload, headers)
-        # -- operations: /metrics, /dashboard, /dashboard/stream (operations.py) --
-        elif self.operations.handles(path):
-            await self.operations(method, path, request, receive, send)
-        # -- end of operations --
-        elif (static := static_response(method, path, request.headers, self.hub.config.dev)) is not None:
-            await send_static(send, static)  # /hubbub.js, /hubbub.mjs, the dev demo at /
-        elif path in ("/sse", "/publish", "/healthz", "/poll"):
-            await _json(send, 405, error_body(405, f"{method} is not allowed on {path}"))
+        elif method == "GET" and path == "/poll":
+            await self._poll(receive, send, request)
+        elif method == "GET" and path == STREAM_PATH:
+            await self._dashboard_stream(receive, send, request)
         else:
-            await _json(send, 404, error_body(404, f"no such endpoint {path}"))
+            await send_response(send, await self.hub.router.answer(method, path, request,
+                                                                   body_reader(receive)))
 
-    # -- /notifications (SPEC 8) and /presence/{topic} (SPEC 10) ------------------
-    async def _inbox_and_presence(self, receive, send, method: str, path: str,
-                                  request: Request) -> bool:
-        """Answer the inbox and presence routes; False for any other path."""
-        hub = self.hub
-        if NotificationEndpoints.handles(path):
-            endpoints = hub.notifications
-            if endpoints is None:  # the store is down or not open yet
-                reason = f"notification store unavailable: {hub.inbox_error}"
-                await _json(send, 503, error_body(503, reason))
-                return True
-            try:
-                body = await _read_body(receive, endpoints.max_body) if method == "POST" else b""
-            except HubError as error:
-                await _json(send, error.code, error_body(error.code, error.reason))
-                return True
-            status, payload, headers = await endpoints.route(method, path, request, body)
-            await _json(send, status, payload, headers)
-            return True
-        if path.startswith(PRESENCE_PREFIX):
-            if method not in ("GET", "HEAD"):
-                await _json(send, 405, error_body(405, f"{method} is not allowed on {path}"),
-                            [("allow", "GET")])
-                return True
-            status, payload, headers = await presence_endpoint(hub, request, path[len(PRESENCE_PREFIX):])
-            await _json(send, status, payload, headers)
-            return True
-        return False
-
+    # -- SSE --------------------------------------------------------------------------
     async def _sse(self, receive, send, request: Request) -> None:
-        hub = self.hub
+        core = self.hub.core
         stream = ASGISSE(send)
-        conn, opening = await open_sse(hub, request, lambda p: Connection(hub, wire.SSE, p, stream))
+        conn, opening = await self.hub.streams.open_sse(
+            request, lambda principal: core.connection(wire.SSE, principal, stream))
         if conn is None:
-            status, payload, headers = opening
-            await _json(send, status, payload, headers)
+            await send_response(send, opening)
             return
         stream.conn = conn
         stream.write(opening)
-        watcher = asyncio.ensure_future(_watch_disconnect(receive, stream))
+        watcher = asyncio.ensure_future(watch_disconnect(receive, stream))
         try:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(k.encode(), v.encode()) for k, v in SSE_HEADERS]})
+            await send(start_message(200, wire.SSE_HEADERS))
             await stream.run()
         except OSError:
             pass  # the client went away mid-write (servers that do raise)
@@ -376,64 +112,93 @@ class HubApp:
             watcher.cancel()
             conn.lost()
 
-    # -- long-poll ----------------------------------------------------------------
-    async def _poll(self, receive, request: Request) -> tuple[int, Any]:
+    async def _dashboard_stream(self, receive, send, request: Request) -> None:
+        refusal = self.hub.operations.answer("GET", STREAM_PATH, request)
+        if refusal is not None:
+            await send_response(send, refusal)
+            return
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await send(start_message(200, wire.SSE_HEADERS))
+            async for chunk in self.hub.operations.events(gone):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not gone.is_set():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the page went away mid-write (servers that do raise)
+        finally:
+            watcher.cancel()
+
+    # -- long-poll ----------------------------------------------------------------------
+    async def _poll(self, receive, send, request: Request) -> None:
+        await send_response(send, await self._poll_answer(receive, request))
+
+    async def _poll_answer(self, receive, request: Request) -> Response:
         """Answer at once with what was missed since ``since``, else wait for the next publication."""
-        hub = self.hub
+        core = self.hub.core
+        recovery = core.recovery
         try:
             timeout = _poll_timeout(request)
             answer = PollAnswer()
-            conn = await open_subscriber(hub, request, lambda p: Connection(hub, wire.POLL, p, answer))
+            conn = await self.hub.streams.open_subscriber(
+                request, lambda principal: core.connection(wire.POLL, principal, answer))
         except HubError as error:
-            return error.code, error_body(error.code, error.reason)
+            return error_response(error)
         since = resume_point(request)
-        start_id = hub.last_event_id  # a resume point for "nothing new yet"
-        watcher = asyncio.ensure_future(_watch_disconnect(receive, answer))
+        start_id = recovery.last_event_id  # a resume point for "nothing new yet"
+        watcher = asyncio.ensure_future(watch_disconnect(receive, answer))
+        unread_count = self.hub.unread.count_or_none
         try:
             if since:
                 try:
-                    replay = hub.replay(conn, list(conn.subscriptions), since)
+                    replay = recovery.replay(conn, list(conn.subscriptions), since)
                 except Gap as gap:
                     answer_reset = {"messages": [], "last_id": start_id, "reset": {
                         "topics": list(conn.subscriptions), "reason": gap.reason}}
-                    unread = await hub.unread_count_or_none(conn.principal.user)
+                    unread = await unread_count(conn.principal.user)
                     if unread is not None:
                         answer_reset["unread_count"] = unread
-                    return 200, orjson.dumps(answer_reset)
+                    return 200, answer_reset, []
                 if replay:
                     body = b",".join(kept.frames[wire.POLL] for kept in replay)
-                    unread = await hub.unread_count_or_none(conn.principal.user)
-                    return 200, _poll_body(body, replay[-1].event_id, 0, unread)
+                    unread = await unread_count(conn.principal.user)
+                    return 200, _poll_body(body, replay[-1].event_id, 0, unread), _JSON
             if timeout > 0 and not conn.has_pending():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await answer.done
             # Every answer tells a user its unread count: a poll client is not
             # connected between polls, so this is how it catches up.
-            unread = await hub.unread_count_or_none(conn.principal.user)
+            unread = await unread_count(conn.principal.user)
             conn.flush()  # whatever is queued now, flusher round or not
             body = answer.body or b""
             return 200, _poll_body(body, _last_id(body) or since or start_id, conn.outbox.take_dropped(),
-                                   unread)
+                                   unread), _JSON
         finally:
             watcher.cancel()
             conn.close(CLOSE_SHUTDOWN)
             conn.lost()
 
-    # -- WebSocket --------------------------------------------------------------
-    async def _websocket(self, scope: dict, receive, send, request: Request) -> None:
+    # -- WebSocket ------------------------------------------------------------------------
+    async def _websocket(self, receive, send, request: Request) -> None:
         hub = self.hub
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        if hub.draining:
+        if hub.core.draining:
             await send({"type": "websocket.close", "code": CLOSE_SHUTDOWN})
             return
         await send({"type": "websocket.accept"})
         ws = ASGIWebSocket(send, hub.config.liveness_period, self.text_of)
-        conn = ws.conn = Connection(hub, wire.WS, ANONYMOUS, ws)
-        session = WSSession(hub, conn, request)
-        sender = asyncio.ensure_future(_run_sender(ws))
+        conn = ws.conn = hub.core.connection(wire.WS, ANONYMOUS, ws)
+        session = WSSession(hub.streams, conn, request)
+        sender = asyncio.ensure_future(run_sender(ws))
         try:
             await session.open()
             while not conn.closed:
@@ -457,13 +222,7 @@ class HubApp:
             session.lost(CLOSE_SHUTDOWN)
 
 
-async def _run_sender(sender: ASGISender) -> None:
-    try:
-        await sender.run()
-    except Exception:
-        log.exception("ASGI sender failed")
-        if sender.conn is not None:
-            sender.conn.lost(CLOSE_INTERNAL)
+_JSON = [("content-type", "application/json")]
 
 
 def _last_id(body: bytes) -> str | None:
@@ -476,13 +235,10 @@ def _last_id(body: bytes) -> str | None:
     return None
 
 
-POLL_MAX_TIMEOUT = 60.0
-
-
 def _poll_timeout(request: Request) -> float:
     raw = request.first("timeout")
     if raw is None or raw == "":
-        return 20.0
+        return POLL_DEFAULT_TIMEOUT
     try:
         value = float(raw)
     except ValueError:
@@ -500,55 +256,3 @@ def _poll_body(envelopes: bytes, last_id: str | None, dropped: int = 0,
     if unread_count is not None:
         tail += b',"unread_count":%d' % unread_count
     return b'{"messages":[' + envelopes + b'],"last_id":' + orjson.dumps(last_id) + tail + b"}"
-
-
-def _logging_send(scope: dict, path: str, send):
-    """Wrap ``send`` to write one access line when the response (or accept/close) starts."""
-    client = (scope.get("client") or ("-",))[0]
-    query = scope.get("query_string", b"").decode("latin-1")
-    method = scope.get("method", "WS")
-
-    handshake_logged = False
-
-    async def logged(message: dict) -> None:
-        nonlocal handshake_logged
-        kind = message["type"]
-        if kind == "http.response.start":
-            log_access(client, method, path, query, message["status"], "asgi")
-        elif kind in ("websocket.accept", "websocket.close") and not handshake_logged:
-            handshake_logged = True
-            log_access(client, "WS", path, query, 101 if kind == "websocket.accept" else 403, "asgi")
-        await send(message)
-    return logged
-
-
-async def _watch_disconnect(receive, transport) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            transport.peer_gone()
-            return
-
-
-async def _read_body(receive, limit: int) -> bytes:
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise HubError(400, "client disconnected before the body was complete")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise HubError(413, f"body over the {limit}-byte limit")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-async def _json(send, status: int, payload: Any, headers: list[tuple[str, str]] = ()) -> None:
-    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        *((k.encode(), v.encode()) for k, v in headers)]})
-    await send({"type": "http.response.body", "body": body})

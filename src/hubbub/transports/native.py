@@ -6,7 +6,7 @@ WebSocket upgrade to ``/ws``: the bytes already read are fed to picows'
 protocol as if it had read them) or turns into an SSE stream.
 
 The transports here only write bytes to the socket: the connection is the
-writer (``connection.py``) and the hub's flusher decides when it writes.
+writer (``core/connection.py``) and the core's flusher decides when it writes.
 While the kernel buffer of a slow client is over the high-water mark, its
 outbox absorbs the backlog under its bounds, so the cost of a slow client
 stays with that client; ``resume_writing`` wakes the writer again.
@@ -21,21 +21,21 @@ import logging
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-import orjson
 from picows import WSAutoPingStrategy, WSListener, WSMsgType
 from picows.picows import WSProtocol
 
 from .. import wire
 from ..accesslog import log_access
 from ..auth import ANONYMOUS, Request
-from ..connection import CLOSE_INTERNAL, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_TOO_BIG, Connection
+from ..core.connection import CLOSE_INTERNAL, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_TOO_BIG, Connection
 from ..cors import CorsPolicy, head_lines
+from ..endpoints.responses import Response, encode, error_body
 from ..logutil import RateLimitFilter
-from ..ops import WSSession
-from .http import SSE_HEADERS, error_body, open_sse
+from .streams import SSEHeartbeat, WakesWriter
+from .ws_session import WSSession
 
 if TYPE_CHECKING:
-    from ..hub import Hub
+    from . import Served
 
 log = logging.getLogger("hubbub.native")
 picows_log = logging.getLogger("hubbub.native.picows")
@@ -53,22 +53,21 @@ MAX_HEADERS = 100
 READ_BUFFER_INITIAL = 2048
 CLOSE_TIMEOUT = 2.0  # seconds a peer has to answer our close frame
 SSE_HEAD = b"HTTP/1.1 200 OK\r\n" + b"".join(
-    f"{k}: {v}\r\n".encode() for k, v in SSE_HEADERS) + b"connection: close\r\n\r\n"
+    f"{k}: {v}\r\n".encode() for k, v in wire.SSE_HEADERS) + b"connection: close\r\n\r\n"
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
             503: "Service Unavailable"}
 
 
-def http_response(status: int, payload: object, headers: list[tuple[str, str]] = ()) -> bytes:
-    body = orjson.dumps(payload)
-    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
-            "content-type: application/json", f"content-length: {len(body)}", "connection: close",
-            *(f"{k}: {v}" for k, v in headers)]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+def http_response(response: Response) -> bytes:
+    """A whole HTTP/1.1 answer, after which the connection closes."""
+    status, body, headers = encode(response)
+    head = f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n".encode()
+    return head + head_lines([*headers, ("connection", "close")]) + b"\r\n" + body
 
 
 class NativeServer:
-    def __init__(self, hub: "Hub") -> None:
+    def __init__(self, hub: "Served") -> None:
         self.hub = hub
         self.cors = CorsPolicy.of(hub.config)
         self.server: asyncio.base_events.Server | None = None
@@ -143,7 +142,7 @@ class _Sniffer(asyncio.Protocol):
             if not self.server.cors.ws_allowed(headers):  # cross-site WebSocket hijacking
                 self._reply(403, "origin not allowed")
                 return
-            if self.server.hub.draining:  # a load balancer sees 503, not a closed socket
+            if self.server.hub.core.draining:  # a load balancer sees 503, not a closed socket
                 self._reply(503, "hub is shutting down")
                 return
             self._to_websocket(request)
@@ -180,7 +179,7 @@ class _Sniffer(asyncio.Protocol):
             data = data[n:]
 
     def _reply(self, status: int, reason: str) -> None:
-        self.transport.write(http_response(status, error_body(status, reason)))
+        self.transport.write(http_response((status, error_body(status, reason), [])))
         self.transport.close()
 
     def connection_lost(self, exc) -> None:
@@ -205,10 +204,11 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
 
 
 # -- SSE ------------------------------------------------------------------------
-class NativeSSETransport:
+class NativeSSETransport(SSEHeartbeat):
     """An SSE response delimited by connection close: batches go to the socket as queued."""
 
     __slots__ = ("socket",)
+    port = "native"
 
     def __init__(self, socket: asyncio.Transport) -> None:
         self.socket = socket
@@ -222,12 +222,8 @@ class NativeSSETransport:
     def close(self, code: int, reason: str) -> None:
         self.socket.close()
 
-    def heartbeat(self, idle: bool) -> None:
-        if idle:
-            self.socket.write(wire.SSE_PING)
 
-
-class _SSEStream(asyncio.Protocol):
+class _SSEStream(WakesWriter, asyncio.Protocol):
     def __init__(self, server: NativeServer, request: Request, transport) -> None:
         self.server = server
         self.request = request
@@ -246,14 +242,15 @@ class _SSEStream(asyncio.Protocol):
             if self.conn is not None:
                 self.conn.close(CLOSE_INTERNAL)
             if not self.transport.is_closing():
-                self.transport.write(http_response(500, error_body(500, "internal error")))
+                self.transport.write(http_response((500, error_body(500, "internal error"), [])))
                 self.transport.close()
 
     async def _open_stream(self) -> None:
         hub = self.server.hub
         cors = self.server.cors.response_headers(self.request.headers)
         sse = NativeSSETransport(self.transport)
-        conn, opening = await open_sse(hub, self.request, lambda p: Connection(hub, wire.SSE, p, sse))
+        conn, opening = await hub.streams.open_sse(
+            self.request, lambda principal: hub.core.connection(wire.SSE, principal, sse))
         self.request = None
         if self.gone:
             if conn is not None:
@@ -261,7 +258,7 @@ class _SSEStream(asyncio.Protocol):
             return
         if conn is None:
             status, payload, headers = opening
-            self.transport.write(http_response(status, payload, [*headers, *cors]))
+            self.transport.write(http_response((status, payload, [*headers, *cors])))
             self.transport.close()
             return
         self.conn = conn
@@ -270,13 +267,6 @@ class _SSEStream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         pass  # nothing more is expected from an SSE client
-
-    def pause_writing(self) -> None:
-        pass  # the writer checks the buffer size itself
-
-    def resume_writing(self) -> None:
-        if self.conn is not None:
-            self.conn.wake()
 
     def connection_lost(self, exc) -> None:
         self.gone = True
@@ -305,6 +295,7 @@ class NativeWSTransport:
     """A picows connection; data frames are framed here and written to the socket."""
 
     __slots__ = ("ws", "socket", "heard", "awaiting_pong")
+    port = "native"
 
     def __init__(self, ws) -> None:
         self.ws = ws
@@ -345,7 +336,7 @@ class NativeWSTransport:
         self.heard = False
 
 
-class _WSHandler(WSListener):
+class _WSHandler(WakesWriter, WSListener):
     __slots__ = ("server", "request", "conn", "session", "fragments", "fragments_size", "fragments_text")
 
     def __init__(self, server: NativeServer, request: Request) -> None:
@@ -359,12 +350,12 @@ class _WSHandler(WSListener):
 
     def on_ws_connected(self, transport) -> None:
         hub = self.server.hub
-        if hub.draining:
+        if hub.core.draining:
             transport.send_close(CLOSE_SHUTDOWN)
             transport.disconnect()
             return
-        self.conn = Connection(hub, wire.WS, ANONYMOUS, NativeWSTransport(transport))
-        self.session = WSSession(hub, self.conn, self.request)
+        self.conn = hub.core.connection(wire.WS, ANONYMOUS, NativeWSTransport(transport))
+        self.session = WSSession(hub.streams, self.conn, self.request)
         self.request = None
         asyncio.ensure_future(self.session.open())
 
@@ -416,13 +407,6 @@ class _WSHandler(WSListener):
         if frame.fin:
             data, self.fragments = b"".join(self.fragments), None
             self.session.on_frame(data, self.fragments_text)
-
-    def pause_writing(self) -> None:
-        pass  # the writer checks the buffer size itself
-
-    def resume_writing(self) -> None:
-        if self.conn is not None:
-            self.conn.wake()
 
     def on_ws_disconnected(self, transport) -> None:
         if self.session is not None:

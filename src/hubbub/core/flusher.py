@@ -13,9 +13,6 @@ everything queued for it in ONE write. When is that callback run?
   write (~6-10 µs on a VM) is the price of a delivery, and this divides it by
   the number of publications in the window. The delay is bounded, so latency
   is bounded too (centrifuge's write delay, but only when it pays).
-
-Also runs the heartbeat: every HEARTBEAT seconds each connection's transport
-may ping an idle peer (SSE comment, app-level WS ping on ASGI).
 """
 from __future__ import annotations
 
@@ -23,7 +20,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from .telemetry import LatencyHistogram
+from .counters import LatencyHistogram
 
 if TYPE_CHECKING:
     from .connection import Connection

@@ -1,8 +1,7 @@
 """The hub's static files: the browser client and the ``--dev`` demo page (SPEC 10).
 
-``static_response(method, path, headers, dev)`` maps a request to
-``(status, body, headers)`` or None when the path is not a static file, so any
-transport can serve them with a few lines; ``send_static`` is the ASGI sender.
+``static_response(method, path, headers, dev)`` maps a request to a
+``Response`` or None when the path is not a static file.
 
 One source, two URLs: ``/hubbub.js`` is a classic script (it defines the
 global ``hubbub``) and ``/hubbub.mjs`` is the same text followed by
@@ -20,9 +19,8 @@ import hashlib
 from importlib import resources
 from typing import Mapping
 
-import orjson
-
-from .. import __version__
+from ..version import __version__
+from .responses import Response, not_allowed
 
 VERSION_MARK = "__HUBBUB_VERSION__"
 MODULE_FOOTER = "\nexport default hubbub;\nexport const connect = hubbub.connect;\n"
@@ -34,8 +32,6 @@ HTML_TYPE = "text/html; charset=utf-8"
 JS_CACHE = "public, max-age=300"
 # The demo page is tiny and changes with the hub: always revalidate.
 HTML_CACHE = "no-cache"
-
-Response = tuple[int, bytes, list[tuple[str, str]]]
 
 
 class StaticFile:
@@ -81,9 +77,7 @@ def static_response(method: str, path: str, headers: Mapping[str, str], dev: boo
     if file is None:
         return None
     if method not in ("GET", "HEAD"):
-        body = orjson.dumps({"code": 405, "reason": f"{method} is not allowed on {path}"})
-        return 405, body, [("content-type", "application/json"), ("allow", "GET, HEAD"),
-                           ("content-length", str(len(body)))]
+        return not_allowed(method, path, "GET, HEAD")
     if _matches(headers.get("if-none-match"), file.etag):
         return 304, b"", [h for h in file.headers if h[0] != "content-type"]
     return 200, (b"" if method == "HEAD" else file.body), file.headers + [
@@ -97,11 +91,3 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
         return True
     # A list of tags, possibly weak (W/"..."): weak comparison, as RFC 9110 asks for GET.
     return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
-
-
-async def send_static(send, response: Response) -> None:
-    """Send a ``static_response`` over ASGI."""
-    status, body, headers = response
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(k.encode(), v.encode()) for k, v in headers]})
-    await send({"type": "http.response.body", "body": body})

@@ -9,8 +9,8 @@ from typing import Any
 
 import orjson
 
-from ..errors import HubError
-from ..priority import Priority
+from ...errors import HubError
+from ...priority import Priority
 from .store import NewNotification, parse_id
 
 LEVELS = ("info", "success", "warning", "error")

@@ -13,6 +13,9 @@ The store is the truth and the events are a best-effort echo of it: a
 change that was stored is answered as done even when ``emit`` fails (the
 client's next connect brings the count anyway).
 
+Every store call is timed and reported to ``observe(operation, seconds)``
+(the operation is the store method's name), for the store latency metric.
+
 Changes of one user are serialized in this process, so the counts a user's
 tabs receive arrive in the order the changes happened, never a stale count
 after a fresh one.
@@ -23,15 +26,19 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from . import validate
-from .store import NotificationStore, parse_id, store_from_config
+from .store import NotificationStore, parse_id
+from .stores import store_from_config
 
 log = logging.getLogger("hubbub.inbox")
 
 Emit = Callable[[str, str, Any], Any]
+Observe = Callable[[str, float], None]
+T = TypeVar("T")
 PRUNE_INTERVAL = 300.0  # seconds between background retention passes
 
 
@@ -41,9 +48,11 @@ def _no_emit(user: str, event: str, payload: Any) -> None:
 
 class Inbox:
     def __init__(self, store: NotificationStore, emit: Emit | None = None, *,
-                 max_message_bytes: int = 64 << 10, prune_interval: float = PRUNE_INTERVAL) -> None:
+                 max_message_bytes: int = 64 << 10, prune_interval: float = PRUNE_INTERVAL,
+                 observe: Observe | None = None) -> None:
         self.store = store
         self.emit = emit or _no_emit
+        self.observe = observe
         self.max_message_bytes = max_message_bytes
         self.prune_interval = prune_interval
         self._pruner: asyncio.Task | None = None
@@ -70,7 +79,7 @@ class Inbox:
     async def _prune_forever(self) -> None:
         while True:
             try:
-                removed = await self.store.prune()
+                removed = await self._timed("prune", self.store.prune())
                 if removed:
                     log.info("inbox retention removed %d notification(s)", removed)
             except Exception:
@@ -78,14 +87,14 @@ class Inbox:
             await asyncio.sleep(self.prune_interval)
 
     async def prune(self, now: float | None = None) -> int:
-        return await self.store.prune(now)
+        return await self._timed("prune", self.store.prune(now))
 
     # -- changes ---------------------------------------------------------------
     async def create(self, payload: Any) -> dict[str, Any]:
         """``POST /notifications``: validate a decoded body, store, announce."""
         new = validate.notification(payload, self.max_message_bytes)
         async with self._serialized(new.user):
-            record = await self.store.create(new)
+            record = await self._timed("create", self.store.create(new))
             await self._emit(new.user, "notification", record)
             await self._emit_count(new.user)
         return record
@@ -102,14 +111,14 @@ class Inbox:
         if key is None:
             return None
         async with self._serialized(user):
-            record = await self.store.mark_read(user, key)
+            record = await self._timed("mark_read", self.store.mark_read(user, key))
             if record is not None:
                 await self._emit_count(user)
         return record
 
     async def mark_all_read(self, user: str) -> int:
         async with self._serialized(user):
-            changed = await self.store.mark_all_read(user)
+            changed = await self._timed("mark_all_read", self.store.mark_all_read(user))
             await self._emit_count(user)
         return changed
 
@@ -119,7 +128,7 @@ class Inbox:
         if key is None:
             return False
         async with self._serialized(user):
-            deleted = await self.store.delete(user, key)
+            deleted = await self._timed("delete", self.store.delete(user, key))
             if deleted:
                 await self._emit(user, "notification_deleted", {"id": id_})
                 await self._emit_count(user)
@@ -131,21 +140,32 @@ class Inbox:
         """Newest first; ``before`` (a record's id) continues after that record."""
         if isinstance(before, str):
             before = validate.listing_query({"before": [before]})[2]
-        return await self.store.list(user, unread_only=unread_only, limit=limit, before_id=before)
+        return await self._timed("list", self.store.list(user, unread_only=unread_only, limit=limit,
+                                                                before_id=before))
 
     async def unread_count(self, user: str) -> int:
         """What a connection of ``user`` is told on connect (``unread_count``)."""
-        return await self.store.unread_count(user)
+        return await self._timed("unread_count", self.store.unread_count(user))
 
     async def unread_count_in_order(self, user: str) -> int:
         """The count read in line with the user's changes: sent on connect, it
         can never arrive after (and so overwrite) the count of a newer change."""
         async with self._serialized(user):
-            return await self.store.unread_count(user)
+            return await self._timed("unread_count", self.store.unread_count(user))
 
     # -- helpers ---------------------------------------------------------------
+    async def _timed(self, operation: str, call: Awaitable[T]) -> T:
+        if self.observe is None:
+            return await call
+        start = time.perf_counter()
+        try:
+            return await call
+        finally:
+            self.observe(operation, time.perf_counter() - start)
+
     async def _emit_count(self, user: str) -> None:
-        await self._emit(user, "unread_count", {"count": await self.store.unread_count(user)})
+        count = await self._timed("unread_count", self.store.unread_count(user))
+        await self._emit(user, "unread_count", {"count": count})
 
     async def _emit(self, user: str, event: str, payload: Any) -> None:
         try:

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from ._trie_py import pattern_matches
+from .._trie_py import pattern_matches
 
 
 class Kept(NamedTuple):

@@ -1,9 +1,9 @@
 """The WebSocket protocol (SPEC section 6), shared by both WS transports.
 
-``WSSession`` sits between a transport and the hub: it authenticates the
-handshake, subscribes the query's topics, runs client ops and turns every
-refusal into an ``error`` frame, so the same bytes in give the same bytes out
-on the ASGI port and on the native port. Transports only move frames.
+``WSSession`` sits between a transport and the hub core: it authenticates
+the handshake, subscribes the query's topics, runs client ops and turns
+every refusal into an ``error`` frame, so the same bytes in give the same
+bytes out on the ASGI port and on the native port. Transports only move frames.
 """
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import wire
-from .auth import Principal, Request, may_subscribe
-from .connection import (CLOSE_AUTH, CLOSE_BAD_DATA, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TOO_BIG,
-                         CLOSE_TRY_LATER, Connection)
-from .errors import HubError
-from .history import Gap
-from .topics import TopicError, validate_pattern
-from .limits import AbuseCounter, TokenBucket
+from .. import wire
+from ..auth import Principal, Request, may_publish, may_subscribe
+from ..core.connection import (CLOSE_AUTH, CLOSE_BAD_DATA, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TOO_BIG,
+                               CLOSE_TRY_LATER, Connection)
+from ..errors import Forbidden, HubError
+from ..limits import AbuseCounter, TokenBucket
+from ..topics import requested_pattern
 
 if TYPE_CHECKING:
-    from .hub import Hub
+    from ..core.codec import Publication
+    from .streams import Streams
 
 log = logging.getLogger("hubbub")
 
@@ -34,32 +34,14 @@ ABUSE_WINDOW = 10.0
 ABUSE_BURSTS = 2
 
 
-def wants_presence(request: Request) -> bool:
-    """``presence=1`` in a handshake's query: join/leave events for its topics."""
-    return request.first("presence") in ("1", "true")
-
-
-def query_subscriptions(hub: "Hub", conn: Connection, request: Request) -> list[HubError]:
-    """Subscribe the ``topic=`` patterns of a handshake; returns the refusals."""
-    filter_spec = request.first("filter")
-    presence = wants_presence(request)
-    errors = []
-    for pattern in request.query.get("topic", []):
-        try:
-            hub.subscribe(conn, pattern, filter_spec, presence)
-        except HubError as error:
-            errors.append(error)
-    return errors
-
-
 class WSSession:
     # Slots, and the publish limiters made on first publish: most clients
     # only listen, and an idle connection should cost as little as possible.
-    __slots__ = ("hub", "conn", "request", "authenticated", "_auth_timer", "_publish_bucket", "_abuse",
+    __slots__ = ("streams", "conn", "request", "authenticated", "_auth_timer", "_publish_bucket", "_abuse",
                  "_publishing")
 
-    def __init__(self, hub: "Hub", conn: Connection, request: Request) -> None:
-        self.hub = hub
+    def __init__(self, streams: "Streams", conn: Connection, request: Request) -> None:
+        self.streams = streams
         self.conn = conn
         self.request = request
         self.authenticated = False
@@ -71,7 +53,7 @@ class WSSession:
     @property
     def publish_bucket(self) -> TokenBucket:
         if self._publish_bucket is None:
-            self._publish_bucket = TokenBucket(self.hub.config.client_publish_rate)
+            self._publish_bucket = TokenBucket(self.streams.config.client_publish_rate)
         return self._publish_bucket
 
     @property
@@ -92,19 +74,20 @@ class WSSession:
             self.conn.close(CLOSE_INTERNAL, "internal error")
 
     async def _open(self) -> None:
+        core = self.streams.core
         try:
-            self.hub.admit(self.request.client)
+            core.admit(self.request.client)
         except HubError as error:
             self.conn.send_control(wire.ws_error(error.code, error.reason))
             self.conn.close(CLOSE_TRY_LATER, error.reason)
             return
         try:
-            principal = await self.hub.auth.principal(self.request)
+            principal = await self.streams.auth.principal(self.request)
         except HubError as error:
             self.conn.close(CLOSE_AUTH, error.reason)
             return
         if self.request.first("since"):  # an id another node gave out: let it arrive here
-            await self.hub.caught_up(self.request.first("since"))
+            await core.recovery.caught_up(self.request.first("since"))
         if principal is None:
             # No credentials in the handshake: the first frame must be
             # {"op": "auth"} within AUTH_TIMEOUT seconds.
@@ -123,8 +106,9 @@ class WSSession:
             self._auth_timer = None
         conn = self.conn
         conn.principal = principal
+        core = self.streams.core
         try:
-            self.hub.attach(conn)
+            core.attach(conn)
         except HubError as error:
             conn.send_control(wire.ws_error(error.code, error.reason, request_id))
             conn.close(CLOSE_AUTH if error.code == 401 else CLOSE_POLICY, error.reason)
@@ -132,23 +116,19 @@ class WSSession:
         self.authenticated = True
         if request_id is not None:
             conn.send_control(wire.ws_op("ack", id=request_id))
-        for error in query_subscriptions(self.hub, conn, self.request):
+        for error in self.streams.subscribe_query(conn, self.request):
             conn.send_control(wire.ws_error(error.code, error.reason))
         since = self.request.first("since")
         if since and conn.subscriptions:
             self._recover(list(conn.subscriptions), since)
         self.request = None  # the handshake is done with; idle connections stay small
-        self.hub.greet(conn)  # unread_count of an authenticated user
+        core.connected(conn)  # the hooks' greetings (the inbox's unread_count)
 
     def _recover(self, patterns: list[str], since: str) -> None:
         """Replay what these subscriptions missed since ``since``, or reset them."""
-        try:
-            replay = self.hub.replay(self.conn, patterns, since)
-        except Gap as gap:
-            self.conn.send_control(*(wire.ws_op("reset", topic=p, reason=gap.reason) for p in patterns))
-            return
-        if replay:
-            self.conn.send_control(*(kept.frames[wire.WS] for kept in replay))
+        frames = self.streams.recover(self.conn, patterns, since)
+        if frames:
+            self.conn.send_control(*frames)
 
     def lost(self, code: int) -> None:
         """The transport is gone: forget the connection (once) and any auth wait."""
@@ -161,7 +141,7 @@ class WSSession:
         conn = self.conn
         if conn.closed:
             return
-        if len(data) > self.hub.config.max_message_bytes:
+        if len(data) > self.streams.config.max_message_bytes:
             conn.close(CLOSE_TOO_BIG, "frame over MAX_MESSAGE_BYTES")
             return
         try:
@@ -198,7 +178,7 @@ class WSSession:
             self.conn.close(CLOSE_AUTH, "auth frame needs a 'token'")
             return
         try:
-            principal = self.hub.auth.decode(token)
+            principal = self.streams.auth.decode(token)
         except HubError as error:
             self.conn.close(CLOSE_AUTH, error.reason)
             return
@@ -211,17 +191,18 @@ class WSSession:
         presence = msg.get("presence", False)
         if not isinstance(presence, bool):
             raise HubError(400, "presence must be true or false")
-        self.hub.subscribe(self.conn, msg["topic"], msg.get("filter"), presence)
+        core = self.streams.core
+        core.subscribe(self.conn, msg["topic"], msg.get("filter"), presence)
         # "position": the hub's newest id, a resume point for a client that
         # gets no message before the connection drops (issue 14).
-        self.conn.send_control(wire.ws_op("ack", id=request_id, position=self.hub.last_event_id))
+        self.conn.send_control(wire.ws_op("ack", id=request_id, position=core.recovery.last_event_id))
         if msg.get("since") is not None:
             self._recover([msg["topic"]], msg["since"])
 
     def op_unsubscribe(self, msg: dict, request_id: Any) -> None:
         if "topic" not in msg:
             raise HubError(400, "unsubscribe needs 'topic'")
-        self.hub.unsubscribe(self.conn, msg["topic"])  # validates it like subscribe
+        self.streams.core.unsubscribe(self.conn, msg["topic"])  # validates it like subscribe
         self.conn.send_control(wire.ws_op("ack", id=request_id))
 
     def op_publish(self, msg: dict, request_id: Any) -> None:
@@ -232,21 +213,33 @@ class WSSession:
                 self.conn.send_control(wire.ws_error(429, "publish rate exceeded", request_id))
                 self.conn.close(CLOSE_POLICY, "publish rate exceeded persistently")
                 return
-            raise HubError(429, f"publish rate exceeded ({self.hub.config.client_publish_rate:g}/s)")
-        pub = self.hub.client_publication(self.conn.principal, msg)
-        if self.hub.broker.synchronous:  # the memory backplane: published in this step
-            event_id = self.hub.publish_now(pub)
+            raise HubError(429, f"publish rate exceeded ({self.streams.config.client_publish_rate:g}/s)")
+        pub = self._publication(msg)
+        core = self.streams.core
+        if core.broker.synchronous:  # the memory backplane: published in this step
+            event_id = core.publish_now(pub)
             self.conn.send_control(wire.ws_op("ack", id=request_id, event_id=event_id))
             return
         # Over a shared backplane publishing waits on it: chained, so one
         # connection's publishes are numbered and acknowledged in the order sent.
         self._publishing = asyncio.ensure_future(self._publish_after(self._publishing, pub, request_id))
 
-    async def _publish_after(self, previous: asyncio.Future | None, pub, request_id: Any) -> None:
+    def _publication(self, msg: dict) -> "Publication":
+        """The publish op's publication, validated and authorized (not yet published)."""
+        topic = msg.get("topic")
+        if isinstance(topic, str) and not may_publish(self.conn.principal, topic):
+            raise Forbidden(f"not allowed to publish to {topic!r}")
+        if "data" not in msg:
+            raise HubError(400, "publish needs 'data'")
+        return self.streams.core.prepare(topic, msg["data"], event=msg.get("event"),
+                                         ephemeral=msg.get("ephemeral", False))
+
+    async def _publish_after(self, previous: asyncio.Future | None, pub: "Publication",
+                             request_id: Any) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
         try:
-            event_id = await self.hub.submit(pub)
+            event_id = await self.streams.core.submit(pub)
         except HubError as error:
             self.conn.send_control(wire.ws_error(error.code, error.reason, request_id))
             return
@@ -279,24 +272,21 @@ class WSSession:
         if not isinstance(token, str) or not token:
             raise HubError(400, "auth frame needs a 'token'")
         try:
-            principal = self.hub.auth.decode(token)
+            principal = self.streams.auth.decode(token)
         except HubError as error:
             conn.close(CLOSE_AUTH, error.reason)  # as for a bad token at the handshake
             return
-        dropped = self.hub.reauthenticate(conn, principal)  # 429: stays anonymous
+        dropped = self.streams.core.sign_in(conn, principal)  # 429: stays anonymous
         conn.send_control(wire.ws_op("ack", id=request_id))
         for pattern in dropped:
             conn.send_control(wire.ws_error(403, f"not allowed to subscribe to {pattern!r};"
                                                  f" unsubscribed on auth"))
-        self.hub.greet(conn)
+        self.streams.core.connected(conn)
 
     def op_presence(self, msg: dict, request_id: Any) -> None:
         if "topic" not in msg:
             raise HubError(400, "presence needs 'topic'")
-        try:
-            topic = validate_pattern(msg["topic"])
-        except TopicError as error:
-            raise HubError(400, str(error)) from None
+        topic = requested_pattern(msg["topic"])
         if not may_subscribe(self.conn.principal, topic):
             raise HubError(403, f"not allowed to see presence of {topic!r}")
         asyncio.ensure_future(self._presence_reply(topic, request_id))
@@ -304,7 +294,7 @@ class WSSession:
     async def _presence_reply(self, topic: str, request_id: Any) -> None:
         # The store behind presence may be remote (async), so the answer is sent when ready.
         try:
-            answer = await self.hub.presence.members(topic)
+            answer = await self.streams.presence.members(topic)
         except Exception:
             log.exception("presence of %r failed", topic)
             self.conn.send_control(wire.ws_error(503, "presence unavailable", request_id))

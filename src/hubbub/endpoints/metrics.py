@@ -1,11 +1,9 @@
 """``GET /metrics``: the hub's numbers in Prometheus' text format (SPEC 10).
 
 A custom prometheus_client ``Collector`` turns one aggregated snapshot
-(``telemetry.py``: every worker of this machine summed) into metric
-families at scrape time; nothing calls prometheus_client per message.
-
-Access: the API key (``Authorization: Bearer`` or ``X-API-Key``), unless
-``HUBBUB_METRICS_PUBLIC=1``.
+(``services/telemetry.py``: every worker of this machine summed) into metric
+families at scrape time; nothing calls prometheus_client per message. The
+route itself is ``operations.py``'s.
 
 Metrics (counters end in ``_total``):
 
@@ -34,17 +32,12 @@ Metrics (counters end in ``_total``):
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from .telemetry import DROP_REASONS, LATENCY_BUCKETS
-
-if TYPE_CHECKING:
-    from .auth import Request
-    from .hub import Hub
+from ..core.counters import LATENCY_BUCKETS
+from ..services.telemetry import DROP_REASONS
 
 
 class HubCollector:
@@ -136,20 +129,3 @@ def _buckets(histogram: dict) -> tuple[list[tuple[str, float]], float]:
 def _histogram(name: str, doc: str, histogram: dict) -> HistogramMetricFamily:
     buckets, total = _buckets(histogram)
     return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
-
-
-class MetricsEndpoint:
-    """``GET /metrics`` for any transport: (status, body, headers)."""
-
-    def __init__(self, hub: "Hub") -> None:
-        self.hub = hub
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(HubCollector(hub.telemetry.aggregate, hub.config.backplane))
-
-    def __call__(self, request: "Request") -> tuple[int, bytes, list[tuple[str, str]]]:
-        if not self.hub.config.metrics_public:
-            self.hub.auth.check_api_key(request)  # HubError 401 when missing or wrong
-        body = generate_latest(self.registry)
-        return 200, body, [("content-type", CONTENT_TYPE_LATEST), ("cache-control", "no-store"),
-                           ("content-length", str(len(body)))]
-

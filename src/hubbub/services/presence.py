@@ -22,8 +22,9 @@ unsubscribe, close, or a dead peer closed by the transport's liveness pings,
 which run often enough to take it out within PRESENCE_TTL (see
 ``Config.liveness_period``).
 
-``PresenceStore`` is the replaceable part; ``Presence`` is what the hub
-calls and owns the local watchers and event delivery. Two stores:
+``PresenceStore`` is the replaceable part; ``Presence`` follows the hub
+core's subscription hooks (``attach``) and owns the local watchers and
+event delivery. Two stores:
 
 - ``LocalPresence`` (BACKPLANE=memory): counts in this process, changed in
   the caller's own step; join/leave decided and sent at once.
@@ -44,11 +45,12 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from . import wire
+from .. import wire
 
 if TYPE_CHECKING:
-    from .backplane import Broker
-    from .connection import Connection
+    from ..backplane import Broker
+    from ..core.connection import Connection
+    from ..core.hub import HubCore
 
 log = logging.getLogger("hubbub.presence")
 
@@ -142,7 +144,7 @@ class FleetPresence(PresenceStore):
 
 
 class Presence:
-    """What the hub calls on subscribe, unsubscribe and detach."""
+    """Follows subscriptions (the core's hooks) and tells watchers of joins and leaves."""
 
     def __init__(self, store: PresenceStore | None = None, max_list: int = 1000) -> None:
         self.store = store or LocalPresence()
@@ -155,6 +157,12 @@ class Presence:
     def for_broker(cls, broker: "Broker", max_list: int = 1000) -> "Presence":
         """Local presence alone; fleet-wide presence over a shared backplane."""
         return cls(LocalPresence() if broker.synchronous else FleetPresence(broker), max_list)
+
+    def attach(self, core: "HubCore") -> None:
+        """Follow ``core``'s subscriptions from now on."""
+        core.on_subscribed.append(self.subscribed)
+        core.on_unsubscribed.append(self.unsubscribed)
+        core.on_signed_in.append(self.signed_in)
 
     @staticmethod
     def takes_part(conn: "Connection") -> bool:
@@ -172,6 +180,12 @@ class Presence:
                 self._change_later(conn, topic, user, conn.principal.info, 1)
             elif self.store.add(topic, user, conn.principal.info):
                 self._announce("join", topic, user, conn.principal.info, skip=conn)
+
+    def signed_in(self, conn: "Connection") -> None:
+        """An anonymous connection became a user's: it joins where it is subscribed
+        (anonymous connections take no part), watching what it watched."""
+        for topic in conn.subscriptions:
+            self.subscribed(conn, topic, conn in self.watchers.get(topic, ()), new=True)
 
     def unsubscribed(self, conn: "Connection", topic: str) -> None:
         self._unwatch(conn, topic)

@@ -1,9 +1,9 @@
 """``/notifications`` (SPEC 8) as transport-neutral handlers.
 
-Like ``transports.http``: each takes an ``auth.Request`` (and a body) and
-returns ``(status, JSON payload, headers)``, so both ports answer alike. A
-transport hands every request under ``/notifications`` to ``route``, reading
-at most ``max_body`` bytes of body first (more is a 413).
+Each takes an ``auth.Request`` (and a body) and returns a ``Response``
+(``responses.py``). The router hands every request under ``/notifications``
+to ``NotificationsGate.route``, which answers 503 while the store is not
+open, reading at most ``max_body`` bytes of body first (more is a 413).
 
 | method and path                    | auth     | answers                                  |
 | POST   /notifications              | API key  | 201 the record                           |
@@ -16,19 +16,18 @@ Another user's id answers exactly as a missing one (404), never 403.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
 from ..errors import HubError, Unauthorized
-from ..transports.http import error_response
-from . import validate
+from ..services.inbox import validate
+from .responses import Response, error_response, not_allowed, read_limit_error
 
 if TYPE_CHECKING:
     from ..auth import Authenticator, Request
-    from .service import Inbox
+    from ..services.inbox import Inbox
 
-Response = tuple[int, Any, list[tuple[str, str]]]
 PREFIX = "/notifications"
 BODY_MIN_LIMIT = 1 << 20
 
@@ -56,19 +55,19 @@ class NotificationEndpoints:
                     return await self.create(request, body)
                 if method == "GET":
                     return await self.list(request)
-                return _not_allowed(method, path, "GET, POST")
+                return not_allowed(method, path, "GET, POST")
             if parts == ["read-all"]:
                 if method == "POST":
                     return await self.read_all(request)
-                return _not_allowed(method, path, "POST")
+                return not_allowed(method, path, "POST")
             if len(parts) == 2 and parts[1] == "read":
                 if method == "POST":
                     return await self.read(request, parts[0])
-                return _not_allowed(method, path, "POST")
+                return not_allowed(method, path, "POST")
             if len(parts) == 1:
                 if method == "DELETE":
                     return await self.delete(request, parts[0])
-                return _not_allowed(method, path, "DELETE")
+                return not_allowed(method, path, "DELETE")
             raise HubError(404, f"no such endpoint {path}")
         except HubError as error:
             return error_response(error)
@@ -77,7 +76,7 @@ class NotificationEndpoints:
         try:
             self.auth.check_api_key(request)
             if len(body) > self.max_body:
-                raise HubError(413, f"body over the {self.max_body}-byte limit")
+                raise read_limit_error(self.max_body)
             try:
                 payload = orjson.loads(body)
             except orjson.JSONDecodeError as error:
@@ -141,5 +140,30 @@ def _missing(id_: str) -> HubError:
     return HubError(404, f"no notification {id_!r}")
 
 
-def _not_allowed(method: str, path: str, allow: str) -> Response:
-    return 405, {"code": 405, "reason": f"{method} is not allowed on {path}"}, [("allow", allow)]
+class NotificationsGate:
+    """``/notifications`` whether or not the store is open: until it is (a
+    store that is down does not keep the hub from serving publications),
+    every request is a 503 naming why."""
+
+    def __init__(self, auth: "Authenticator") -> None:
+        self.auth = auth
+        self.endpoints: NotificationEndpoints | None = None
+        self.error = "not started"
+
+    def open(self, inbox: "Inbox") -> None:
+        self.endpoints = NotificationEndpoints(inbox, self.auth)
+
+    def close(self) -> None:
+        self.endpoints = None
+
+    handles = staticmethod(NotificationEndpoints.handles)
+
+    @property
+    def max_body(self) -> int:
+        return self.endpoints.max_body if self.endpoints is not None else 0
+
+    async def route(self, method: str, path: str, request: "Request", body: bytes = b"") -> Response:
+        endpoints = self.endpoints
+        if endpoints is None:
+            return error_response(HubError(503, f"notification store unavailable: {self.error}"))
+        return await endpoints.route(method, path, request, body)

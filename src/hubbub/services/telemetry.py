@@ -1,7 +1,7 @@
 """What the hub counts, and how the counts of several workers add up.
 
 Counting stays off the hot path's budget: the hub, its connections and its
-flusher keep plain integers (``hub.published``, ``outbox.dropped_total``,
+flusher keep plain integers (``core.counters``, ``outbox.dropped_total``,
 ``flusher.write_latency`` ...) and nothing here runs per message. A
 ``snapshot`` reads them when someone asks (a Prometheus scrape, the
 dashboard's one-second tick): one pass over the connections for the gauges
@@ -26,9 +26,10 @@ process. (prometheus_client's own multiprocess mode was not used: it needs
 every value to go through its metric objects, a call per message on the hot
 path, and it cannot sum the gauges a collector computes at scrape time.)
 
-The inbox store reports its latency through ``Telemetry.store_timer(op)``
-(a context manager) or ``observe_store(op, seconds)``; the metric appears
-once something was observed.
+The inbox reports every store call's latency through ``observe_store(op,
+seconds)`` (the app wires it; ``store_timer(op)`` is the same as a context
+manager); the metric appears once something was observed. ``backplane_up``
+is the broker's own ``healthy``, read at snapshot time.
 """
 from __future__ import annotations
 
@@ -37,24 +38,21 @@ import contextlib
 import logging
 import os
 import time
-from bisect import bisect_left
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import orjson
 
-from .wire import POLL, SSE, WS
+from ..core.counters import LatencyHistogram
+from ..wire import POLL, SSE, WS
 
 if TYPE_CHECKING:
-    from .connection import Connection
-    from .hub import Hub
+    from ..backplane import Broker
+    from ..config import Config
+    from ..core.hub import HubCore
 
 log = logging.getLogger("hubbub.telemetry")
 
-# Upper bounds (seconds) of the latency histograms' buckets; the last bucket is +Inf.
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                   0.25, 0.5, 1.0, 2.5)
 SAMPLE_PERIOD = 1.0  # seconds between a worker's samples (busiest topics, shared snapshot)
 STALE_AFTER = 5.0  # seconds after which another worker's snapshot no longer counts
 BUSIEST_TOPICS = 10
@@ -65,56 +63,19 @@ MAX_KEYS = frozenset({"outbox_max"})
 MIN_KEYS = frozenset({"backplane_up"})
 
 
-class LatencyHistogram:
-    """Bucket counts, a sum and a count: ``observe`` is a bisect and two additions."""
-
-    __slots__ = ("counts", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one: over every bound
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.sum += seconds
-
-    def as_dict(self) -> dict:
-        return {"counts": list(self.counts), "sum": self.sum}
-
-
-def port_of(conn: "Connection") -> str:
-    """``native`` for the fast listener's transports, ``asgi`` for everything else."""
-    return "native" if type(conn.transport).__module__.endswith(".native") else "asgi"
-
-
 class Telemetry:
-    """One per hub: the counters that have no better home, and the sampler task."""
+    """One per hub: store latencies, the busiest topics and the shared snapshot."""
 
-    def __init__(self, hub: "Hub") -> None:
-        self.hub = hub
-        self.closes: Counter[str] = Counter()  # "code|port|transport" -> connections closed
-        self.recoveries = 0  # replays served (resume from an id history still covers)
-        self.recovered_messages = 0
-        self.resets: Counter[str] = Counter()  # reason -> recoveries answered with a reset
-        self.disconnect_drops = 0  # messages lost by connections closed as slow consumers (4408)
+    def __init__(self, core: "HubCore", config: "Config", broker: "Broker") -> None:
+        self.core = core
+        self.broker = broker
         self.store_latency: dict[str, LatencyHistogram] = {}
         self.busiest: dict[str, int] = {}  # the last sample's publications per topic (top N)
         self.started_at = time.time()
         self._sampler: asyncio.Task | None = None
-        directory = hub.config.metrics_dir
+        directory = config.metrics_dir
         self.shared_dir = Path(directory) if directory else None
         self.own_file = self.shared_dir / f"worker-{os.getpid()}.json" if self.shared_dir else None
-
-    # -- hooks called by the hub and its connections -----------------------------
-    def closed(self, conn: "Connection", code: int | None) -> None:
-        self.closes[f"{code or 0}|{port_of(conn)}|{TRANSPORTS.get(conn.fmt, '?')}"] += 1
-
-    def replayed(self, count: int) -> None:
-        self.recoveries += 1
-        self.recovered_messages += count
-
-    def reset(self, reason: str) -> None:
-        self.resets[reason] += 1
 
     def observe_store(self, operation: str, seconds: float) -> None:
         histogram = self.store_latency.get(operation)
@@ -124,7 +85,7 @@ class Telemetry:
 
     @contextlib.contextmanager
     def store_timer(self, operation: str) -> Iterator[None]:
-        """``with hub.telemetry.store_timer("create"): await store.create(...)``."""
+        """``with telemetry.store_timer("create"): await store.create(...)``."""
         start = time.perf_counter()
         try:
             yield
@@ -154,8 +115,8 @@ class Telemetry:
 
     def sample(self) -> None:
         """Once a second: the busiest topics of the last second, and the shared snapshot."""
-        hub = self.hub
-        counts, hub.topic_publications = hub.topic_publications, {}
+        counters = self.core.counters
+        counts, counters.topic_publications = counters.topic_publications, {}
         top = sorted(counts.items(), key=lambda item: item[1], reverse=True)[:BUSIEST_TOPICS]
         self.busiest = dict(top)
         if self.own_file is not None:
@@ -167,11 +128,12 @@ class Telemetry:
     # -- reading ------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """This worker's numbers, as a JSON-able dict that ``merge`` can add up."""
-        hub = self.hub
+        core = self.core
+        counters = core.counters
         connections = {f"{port}|{name}": 0 for port in PORTS for name in TRANSPORTS.values()}
         queued = queued_bytes = deepest = dropped = 0
-        for conn in hub.connections.values():
-            key = f"{port_of(conn)}|{TRANSPORTS.get(conn.fmt, '?')}"
+        for conn in core.connections.values():
+            key = f"{getattr(conn.transport, 'port', 'asgi')}|{TRANSPORTS.get(conn.fmt, '?')}"
             connections[key] = connections.get(key, 0) + 1
             outbox = conn.outbox
             queued += outbox.count
@@ -179,27 +141,30 @@ class Telemetry:
             dropped += outbox.dropped_total
             if outbox.count > deepest:
                 deepest = outbox.count
+        history = core.recovery.history
         return {
             "workers": 1,
             "connections": connections,
-            "subscriptions": len(hub.trie),
-            "history_topics": hub.history.topics,
-            "history_messages": len(hub.history),
-            "published": hub.published,
-            "delivered": hub.delivered,
-            "dropped": {"drop_oldest": hub.dropped_closed + dropped, "disconnect": self.disconnect_drops},
-            "closes": dict(self.closes),
+            "subscriptions": len(core.trie),
+            "history_topics": history.topics,
+            "history_messages": len(history),
+            "published": counters.published,
+            "delivered": counters.delivered,
+            "dropped": {"drop_oldest": counters.dropped_closed + dropped,
+                        "disconnect": counters.disconnect_drops},
+            "closes": {f"{code}|{port}|{TRANSPORTS.get(fmt, '?')}": n
+                       for (code, port, fmt), n in counters.closes.items()},
             "outbox_messages": queued,
             "outbox_bytes": queued_bytes,
             "outbox_max": deepest,
-            "write_latency": hub.flusher.write_latency.as_dict(),
-            "flush_rounds": hub.flusher.rounds,
-            "recoveries": self.recoveries,
-            "recovered_messages": self.recovered_messages,
-            "resets": dict(self.resets),
+            "write_latency": core.flusher.write_latency.as_dict(),
+            "flush_rounds": core.flusher.rounds,
+            "recoveries": counters.recoveries,
+            "recovered_messages": counters.recovered_messages,
+            "resets": dict(counters.resets),
             "store_latency": {op: h.as_dict() for op, h in self.store_latency.items()},
-            "backplane_up": 1,  # the memory backplane cannot be down
-            "draining": int(hub.draining),
+            "backplane_up": int(self.broker.healthy),
+            "draining": int(core.draining),
             "busiest": dict(self.busiest),
             "started_at": self.started_at,
         }

@@ -9,10 +9,13 @@ machine::
     OPEN ──close(code)──► CLOSING ──transport gone──► CLOSED
       └────────────peer gone (lost)────────────────────┘
 
-The hub forgets the connection (``detach``) exactly once, at the first step
-out of OPEN, so nothing is pushed to a connection that is going away; the
-control frames still owed (the error that explains a close) are written
-before the transport is asked to close.
+The hub forgets the connection (its ``on_closed``) exactly once, at the
+first step out of OPEN, so nothing is pushed to a connection that is going
+away; the control frames still owed (the error that explains a close) are
+written before the transport is asked to close.
+
+A connection knows no hub: it is made (``HubCore.connection``) with its
+outbox, the flusher's ``schedule`` and the core's ``on_closed``.
 
 A transport supplies only what differs between sockets and ASGI streams
 (see ``Transport``). Connections are flushed by the hub's ``Flusher``: one
@@ -23,15 +26,14 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from ._core import Outbox
-from .auth import Principal
-from .wire import POLL, SEPARATORS, dropped_notice
+from ..auth import Principal
+from ..wire import POLL, SEPARATORS, dropped_notice
 
 if TYPE_CHECKING:
-    from ._core import Subscription
-    from .hub import Hub
+    from .._core import Outbox, Subscription
 
 # A batch is one write; bounded so one connection's backlog cannot hold the
 # event loop for long or build a huge frame.
@@ -60,7 +62,10 @@ OPEN, CLOSING, CLOSED = "open", "closing", "closed"
 
 
 class Transport(Protocol):
-    """What a connection needs from whatever carries its bytes."""
+    """What a connection needs from whatever carries its bytes.
+
+    A transport may also name its listener in a ``port`` attribute
+    (``"native"``; ``"asgi"`` when it has none), for the close counters."""
 
     def write(self, data: bytes) -> None:
         """Send these bytes (one batch of the connection's wire format); never blocks."""
@@ -76,23 +81,25 @@ class Transport(Protocol):
 
 
 class Connection:
-    __slots__ = ("hub", "fmt", "principal", "transport", "id", "outbox", "subscriptions", "control",
-                 "state", "scheduled", "wrote", "close_code", "close_reason", "__weakref__")
+    __slots__ = ("fmt", "principal", "transport", "id", "outbox", "subscriptions", "control",
+                 "state", "scheduled", "wrote", "close_code", "close_reason", "schedule", "on_closed",
+                 "__weakref__")
 
-    def __init__(self, hub: "Hub", fmt: int, principal: Principal, transport: Transport) -> None:
-        config = hub.config
-        self.hub = hub
+    def __init__(self, fmt: int, principal: Principal, transport: Transport, outbox: "Outbox",
+                 schedule: Callable[["Connection"], None],
+                 on_closed: Callable[["Connection", int | None], None]) -> None:
         self.fmt = fmt
         self.principal = principal
         self.transport = transport
         self.id = f"{secrets.token_hex(4)}{next(_ids):x}"
-        self.outbox = Outbox(config.queue_max_messages, config.queue_max_bytes,
-                             config.slow_consumer_policy, SEPARATORS[fmt])
-        self.outbox.owner = self  # fanout hands back owners to wake, not outboxes
+        self.outbox = outbox
+        outbox.owner = self  # fanout hands back owners to wake, not outboxes
         self.subscriptions: dict[str, Subscription] = {}
         self.control: list[bytes] = []
         self.state = OPEN
         self.scheduled = False  # waiting in the flusher's list
+        self.schedule = schedule  # the flusher's: write me on its next round
+        self.on_closed = on_closed  # the core's: count the close and forget me (once)
         # Something was written since the last heartbeat round; a new
         # connection counts as busy, so its first ping waits a whole interval.
         self.wrote = True
@@ -115,7 +122,7 @@ class Connection:
         """There is something to write: have the flusher write it soon."""
         if not self.scheduled and self.state is OPEN:
             self.scheduled = True
-            self.hub.flusher.schedule(self)
+            self.schedule(self)
 
     # -- writing -------------------------------------------------------------
     def flush(self) -> None:
@@ -180,8 +187,7 @@ class Connection:
         self.state = CLOSING
         self.close_code = code
         self.close_reason = reason
-        self.hub.telemetry.closed(self, code)
-        self.hub.detach(self)
+        self.on_closed(self, code)
         if self.control:  # the error explaining the close goes first; the backlog is not owed
             owed = SEPARATORS[self.fmt].join(self.control)
             self.control = []
@@ -192,7 +198,6 @@ class Connection:
         """The transport is gone (peer closed, socket reset, or our close completed)."""
         if self.state is OPEN:
             self.close_code = code
-            self.hub.telemetry.closed(self, code)
-            self.hub.detach(self)
+            self.on_closed(self, code)
         self.state = CLOSED
         self.control = []
