@@ -18,6 +18,11 @@ EXIT_CONFIG = 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from .benchmark.run import main as bench_main
+
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="hubbub", description="Real-time fan-out hub")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -37,21 +42,16 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("config", help="print the effective configuration (secrets masked)")
 
-    bench = commands.add_parser("bench", help="fan-out benchmark against the peers (pip install 'hubbub[bench]')")
-    bench.add_argument("--quick", action="store_true", help="smaller runs, about two minutes")
-    bench.add_argument("--out", default="bench/results", help="where tables, JSON and plots go")
-    bench.add_argument("--port-base", type=int, help="pin the servers' ports: PORT, PORT+1, ... (default: free)")
+    # Listed for --help only: everything after "bench" is the benchmark's own
+    # (hubbub bench --help: --quick, --scenario, --only, --out, --port-base, --burst).
+    commands.add_parser("bench", add_help=False,
+                        help="fan-out benchmark against the peers (pip install 'hubbub[bench]')")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve_command(args)
     if args.command == "publish":
         return publish_command(args)
-    if args.command == "bench":
-        from .benchmark.run import main as bench_main
-
-        return bench_main((["--quick"] if args.quick else []) + ["--out", args.out]
-                          + (["--port-base", str(args.port_base)] if args.port_base else []))
     return config_command()
 
 

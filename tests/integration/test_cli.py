@@ -72,3 +72,14 @@ def test_import_hubbub_is_enough_for_the_client():
     result = subprocess.run([sys.executable, "-c", "import hubbub; print(hubbub.client.connect.__name__)"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stdout.strip() == "connect", result.stderr
+
+
+def test_bench_takes_every_option_of_the_benchmark():
+    # bench/RESULTS.md's commands pick scenarios and contenders: `hubbub bench`
+    # must hand them to the benchmark rather than refuse them.
+    listed = run(["bench", "--help"])
+    assert listed.returncode == 0, listed.stderr
+    for option in ("--quick", "--scenario", "--only", "--out", "--port-base", "--burst"):
+        assert option in listed.stdout
+    refused = run(["bench", "--scenario", "no-such-scenario", "--out", os.devnull])
+    assert refused.returncode != 0 and "no-such-scenario" in refused.stdout + refused.stderr

@@ -288,6 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int,
                         help=f"publications per event-loop turn in saturated runs ({SATURATED_BURST})")
     args = parser.parse_args(argv)
+    # A name that matches nothing would run nothing and look like a result.
+    known = {scenario["name"] for scenario in scenarios(args.quick, args.smoke)}
+    for name in args.scenario or ():
+        if name not in known:
+            parser.error(f"no scenario {name!r}; scenarios: {', '.join(sorted(known))}")
+    for name in args.only or ():
+        if not any(name in contender for contender in CONTENDERS):
+            parser.error(f"--only {name!r} matches no contender; contenders: {', '.join(CONTENDERS)}")
     global _pinned_ports
     _pinned_ports = itertools.count(args.port_base) if args.port_base else None
     out = Path(args.out)
