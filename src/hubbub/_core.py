@@ -1,12 +1,15 @@
 """Chooses the hot-path implementation: compiled (ext/) or its pure-Python twin.
 
 ``HUBBUB_NO_EXTENSIONS=1`` forces the pure twin; otherwise the compiled
-modules are used when they import. ``NATIVE`` says which one is loaded (CI
-asserts it, so a silent fallback cannot pass unnoticed).
+modules are used when they import, and when they do not (an install on a
+machine without a C compiler leaves them out: see setup.py) the twin is used
+with one warning. ``NATIVE`` says which one is loaded (CI asserts it, so a
+silent fallback cannot pass unnoticed).
 """
 from __future__ import annotations
 
 import os
+import warnings
 
 NATIVE = False
 if os.environ.get("HUBBUB_NO_EXTENSIONS") != "1":
@@ -16,8 +19,12 @@ if os.environ.get("HUBBUB_NO_EXTENSIONS") != "1":
         from ._trie import Trie
 
         NATIVE = True
-    except ImportError:
-        pass
+    except ImportError as error:
+        warnings.warn(f"hubbub: the compiled core is not installed ({error}); running the pure-Python"
+                      " core (same behaviour, slower). Reinstall with a C compiler present"
+                      " (pip install --force-reinstall --no-cache-dir hubbub) for the fast path,"
+                      " or set HUBBUB_NO_EXTENSIONS=1 to choose the pure core quietly.",
+                      RuntimeWarning, stacklevel=2)
 
 if not NATIVE:
     from ._fanout_py import Subscription, TagFilter, fanout  # noqa: F811

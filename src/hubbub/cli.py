@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from .config import Config, ConfigError
+from .version import __version__
 
 EXIT_CONFIG = 2
 
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="hubbub", description="Real-time fan-out hub")
+    parser.add_argument("--version", action="version", version=f"hubbub {__version__} ({core_name()})")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the hub under Granian (uvloop) plus the fast listener")
@@ -53,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "publish":
         return publish_command(args)
     return config_command()
+
+
+def core_name() -> str:
+    from ._core import NATIVE
+
+    return "compiled core" if NATIVE else "pure-Python core"
 
 
 def _load(**overrides) -> Config | None:
