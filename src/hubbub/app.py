@@ -33,6 +33,7 @@ from .services.inbox.unread import UnreadCounts
 from .services.presence import Presence
 from .services.telemetry import Telemetry
 from .services.user_events import UserEvents
+from .startup import checked
 from .transports.streams import Streams
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ INBOX_RETRY_MAX = 30.0  # seconds between attempts to open a store that failed a
 class Hub:
     def __init__(self, config: Config | None = None, *,
                  authenticate: AuthenticateHook | None = None) -> None:
-        config = self.config = config or Config.from_env()
+        config = self.config = config or checked(Config.from_env())
         auth = self.auth = Authenticator(config, authenticate)
         # -- the backplane (SPEC 13): every publication goes through the broker
         # and comes back through the core's receive, this node's own included.
@@ -79,7 +80,12 @@ class Hub:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Hub":
-        return cls(Config.from_env(**overrides))
+        """A hub configured by the HUBBUB_* environment (and ``overrides``).
+
+        Raises ConfigError, naming what is missing, as ``hubbub serve`` refuses
+        to start: no JWT secret or API key outside dev mode, or a backend whose
+        package is not installed."""
+        return cls(checked(Config.from_env(**overrides)))
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:

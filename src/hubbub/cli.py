@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from .config import Config, ConfigError
+from .startup import refusal
 from .version import __version__
 
 EXIT_CONFIG = 2
@@ -84,9 +85,9 @@ def serve_command(args: argparse.Namespace) -> int:
                    fast_port=args.fast_port, dev=args.dev)
     if config is None:
         return EXIT_CONFIG
-    if not config.dev and config.missing_secrets():
-        print("hubbub: refusing to start without " + " and ".join(config.missing_secrets())
-              + " (or run with --dev to try it out)", file=sys.stderr)
+    reason = refusal(config)
+    if reason is not None:
+        print(f"hubbub: {reason}", file=sys.stderr)
         return EXIT_CONFIG
     if config.workers > 1 and config.backplane == "memory":
         # SPEC 1: N workers must be one hub; in-memory ones would be N hubs

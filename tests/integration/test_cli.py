@@ -83,3 +83,46 @@ def test_bench_takes_every_option_of_the_benchmark():
         assert option in listed.stdout
     refused = run(["bench", "--scenario", "no-such-scenario", "--out", os.devnull])
     assert refused.returncode != 0 and "no-such-scenario" in refused.stdout + refused.stderr
+
+
+def without_hubbub_env() -> dict[str, str]:
+    """The environment of a user who set nothing: no HUBBUB_* at all."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("HUBBUB_")}
+
+
+def test_serve_without_secrets_names_them_and_exits_2():
+    result = subprocess.run([sys.executable, "-m", "hubbub.cli", "serve"], capture_output=True,
+                            text=True, timeout=30, env=without_hubbub_env())
+    assert result.returncode == 2
+    assert "HUBBUB_JWT_SECRET" in result.stderr and "HUBBUB_API_KEY" in result.stderr
+    assert "HUBBUB_DEV=1" in result.stderr
+
+
+def test_an_embedded_app_refuses_to_start_without_secrets(tmp_path):
+    # `uvicorn examples.fastapi_app:app` as the README shows it, with nothing set:
+    # it must not start and then answer every subscriber 401 in silence.
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", "import examples.fastapi_app"], capture_output=True,
+                            text=True, timeout=60, env=without_hubbub_env(), cwd=root)
+    assert result.returncode != 0
+    assert "ConfigError" in result.stderr and "HUBBUB_JWT_SECRET" in result.stderr \
+        and "HUBBUB_API_KEY" in result.stderr
+
+
+@pytest.mark.parametrize("setting, module, extra", [
+    ({"HUBBUB_BACKPLANE": "redis://127.0.0.1:6379/0"}, "redis", "redis"),
+    ({"HUBBUB_STORE": "postgresql://127.0.0.1/test"}, "psycopg_pool", "postgres"),
+])
+def test_a_backend_whose_package_is_missing_stops_serve_with_the_pip_line(tmp_path, setting, module, extra):
+    # The module cannot be imported, as on a machine where the extra was never
+    # installed: a directory first on the path holds a stand-in that fails to import.
+    (tmp_path / f"{module}.py").write_text(
+        f"raise ModuleNotFoundError(\"No module named '{module}'\", name={module!r})\n")
+    env = {**without_hubbub_env(), **setting, "PYTHONPATH": str(tmp_path), "HUBBUB_DEV": "1"}
+    result = subprocess.run([sys.executable, "-m", "hubbub.cli", "serve"], capture_output=True, text=True,
+                            timeout=30, env=env)
+    assert result.returncode == 2, result.stderr
+    assert f"pip install 'hubbub[{extra}]'" in result.stderr and repr(module) in result.stderr
+    assert "serving on" not in result.stderr
