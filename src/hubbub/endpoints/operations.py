@@ -9,10 +9,13 @@
   draws; the first event, ``hello``, carries what does not change.
 
 Both dashboard URLs take the API key as a header or as ``?key=`` (a browser
-cannot put a header on a page load or an EventSource). The page removes the
-key from its address bar at once, sends no Referer (``Referrer-Policy``) and
-may not load anything from another origin (``Content-Security-Policy``);
-the access log redacts ``key=``.
+cannot put a header on a page load or an EventSource). A page loaded with a
+good ``?key=`` also gets it as a session cookie (HttpOnly, SameSite=Strict),
+so a reload, after the page removed the key from its address bar, still
+works; a browser without a good key gets a small page asking for it (401).
+The page sends no Referer (``Referrer-Policy``) and may not load anything
+from another origin (``Content-Security-Policy``); the access log redacts
+``key=``.
 
 ``OperationsEndpoints.answer`` answers ``/metrics`` and ``/dashboard``;
 the dashboard stream is ``events()``, which a transport sends as an SSE body.
@@ -24,6 +27,7 @@ import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
     from ..services.telemetry import Telemetry
 
 PATHS = ("/metrics", "/dashboard", "/dashboard/stream")
+KEY_COOKIE = "hubbub_dashboard_key"
 STREAM_PATH = "/dashboard/stream"
 STREAM_PERIOD = 1.0  # seconds between two dashboard updates
 SNAPSHOT_REUSE = 0.5  # seconds one aggregated snapshot serves every open dashboard
@@ -59,8 +64,8 @@ PAGE_HEADERS = [
 ]
 
 
-def _page() -> bytes:
-    return resources.files("hubbub").joinpath("static", "dashboard.html").read_bytes()
+def _page(name: str) -> bytes:
+    return resources.files("hubbub").joinpath("static", name).read_bytes()
 
 
 class OperationsEndpoints:
@@ -72,7 +77,8 @@ class OperationsEndpoints:
         self.telemetry = telemetry
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(HubCollector(telemetry.aggregate, config.backplane))
-        self.page = _page()
+        self.page = _page("dashboard.html")
+        self.key_page = _page("dashboard_key.html")
         self._snapshot: tuple[float, dict] | None = None
 
     @staticmethod
@@ -92,14 +98,23 @@ class OperationsEndpoints:
                 return 200, body, [("content-type", CONTENT_TYPE_LATEST), ("cache-control", "no-store")]
             self.check_key(request)
         except HubError as error:
+            if path == "/dashboard" and "text/html" in (request.header("accept") or ""):
+                return error.code, self.key_page, list(PAGE_HEADERS)  # a person: ask for the key
             return error_response(error)
         if path == "/dashboard":
-            return 200, self.page, list(PAGE_HEADERS)
+            headers = list(PAGE_HEADERS)
+            key = request.first("key")
+            if key is not None:  # good (checked above): remembered for reloads of this session
+                headers.append(("set-cookie", f"{KEY_COOKIE}={quote(key, safe='')}; HttpOnly; SameSite=Strict"))
+            return 200, self.page, headers
         return None
 
     def check_key(self, request: Request) -> None:
-        """The API key, from a header or from ``?key=``; HubError 401 otherwise."""
+        """The API key, from a header, ``?key=`` or the page's cookie; HubError 401 otherwise."""
         key = request.first("key")
+        if key is None and not (request.header("authorization") or request.header("x-api-key")):
+            key = request.cookie(KEY_COOKIE)
+            key = unquote(key) if key is not None else None
         if key is not None:
             request = Request(path=request.path, headers={**request.headers, "x-api-key": key},
                               query=request.query, client=request.client)
