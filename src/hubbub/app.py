@@ -33,7 +33,7 @@ from .services.inbox.unread import UnreadCounts
 from .services.presence import Presence
 from .services.telemetry import Telemetry
 from .services.user_events import UserEvents
-from .startup import checked
+from .startup import checked, weak_secrets
 from .transports.streams import Streams
 
 if TYPE_CHECKING:
@@ -119,6 +119,8 @@ class Hub:
         self.telemetry.start()
         if not await self._open_inbox():
             self._tasks.append(asyncio.ensure_future(self._keep_opening_inbox()))
+        for warning in weak_secrets(self.config):
+            log.warning("%s", warning)
         if self.config.dev:
             log.warning("hubbub is in dev mode: anonymous clients may subscribe and publish to"
                         " anything, and the publish API needs no key from loopback")

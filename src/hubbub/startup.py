@@ -41,6 +41,25 @@ def problems(config: Config) -> list[tuple[str, str]]:
     return found
 
 
+MIN_API_KEY = 16  # characters: a key a person could guess or brute-force is no key
+MIN_HMAC_SECRET = 32  # bytes: RFC 7518 3.2 wants an HS256 key at least as long as its hash
+
+
+def weak_secrets(config: Config) -> list[str]:
+    """Warnings for secrets that are set but too short to protect anything."""
+    found = []
+    if config.api_key and len(config.api_key) < MIN_API_KEY:
+        found.append(f"HUBBUB_API_KEY is too short ({len(config.api_key)} characters): use at least"
+                     f" {MIN_API_KEY} random ones"
+                     " (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    secret = config.jwt_secret.encode() if config.jwt_secret else b""
+    if secret and len(secret) < MIN_HMAC_SECRET:
+        found.append(f"HUBBUB_JWT_SECRET is too short ({len(secret)} bytes): HMAC-signed tokens (HS256)"
+                     f" need at least {MIN_HMAC_SECRET} random bytes, or anyone can forge them by"
+                     " guessing it")
+    return found
+
+
 def refusal(config: Config) -> str | None:
     """Why this configuration cannot serve, in one line, or None."""
     found = problems(config)

@@ -295,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no scenario {name!r}; scenarios: {', '.join(sorted(known))}")
     for name in args.only or ():
         if not any(name in contender for contender in CONTENDERS):
-            parser.error(f"--only {name!r} matches no contender; contenders: {', '.join(CONTENDERS)}")
+            parser.error(f"--only {name!r} matches no contender;"
+                         f" contenders: {', '.join(CONTENDERS)}")
     global _pinned_ports
     _pinned_ports = itertools.count(args.port_base) if args.port_base else None
     out = Path(args.out)

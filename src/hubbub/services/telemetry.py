@@ -57,7 +57,9 @@ SAMPLE_PERIOD = 1.0  # seconds between a worker's samples (busiest topics, share
 STALE_AFTER = 5.0  # seconds after which another worker's snapshot no longer counts
 BUSIEST_TOPICS = 10
 TRANSPORTS = {WS: "ws", SSE: "sse", POLL: "poll"}
-PORTS = ("asgi", "native")
+# The connection kinds each listener serves (the fast port has no long-poll).
+CONNECTION_KINDS = tuple(f"{port}|{name}" for port, names in (("asgi", ("ws", "sse", "poll")),
+                                                              ("native", ("ws", "sse"))) for name in names)
 DROP_REASONS = ("drop_oldest", "disconnect")
 MAX_KEYS = frozenset({"outbox_max"})
 MIN_KEYS = frozenset({"backplane_up"})
@@ -130,7 +132,7 @@ class Telemetry:
         """This worker's numbers, as a JSON-able dict that ``merge`` can add up."""
         core = self.core
         counters = core.counters
-        connections = {f"{port}|{name}": 0 for port in PORTS for name in TRANSPORTS.values()}
+        connections = dict.fromkeys(CONNECTION_KINDS, 0)
         queued = queued_bytes = deepest = dropped = 0
         for conn in core.connections.values():
             key = f"{getattr(conn.transport, 'port', 'asgi')}|{TRANSPORTS.get(conn.fmt, '?')}"
