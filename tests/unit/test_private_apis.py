@@ -22,14 +22,15 @@ def test_picows_server_protocol_takes_the_14_arguments_native_py_passes():
     asyncio.run(build())
 
 
-def test_granian_worker_signals_are_what_server_py_wraps():
-    import hubbub.server  # noqa: F401  (installs the wrapper)
+def test_granian_worker_signals_are_what_signals_py_wraps():
+    import hubbub.signals
 
+    hubbub.signals.wrap_granian()  # what hubbub serve's app factory does
     # The wrapper replaces this module attribute; Granian's ASGI worker must look
     # it up at call time (an import inside the worker function), or it is bypassed.
     assert granian_signals.set_loop_signals.__name__ == "_set_loop_signals_draining_first"
     assert "from granian._signals import set_loop_signals" in inspect.getsource(granian_mp)
-    original = hubbub.server._granian_set_loop_signals
+    original = granian_signals.set_loop_signals.granian
     assert list(inspect.signature(original).parameters) == ["loop"]
 
     async def check():

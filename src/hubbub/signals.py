@@ -1,0 +1,180 @@
+"""SIGTERM and SIGINT drain the running hubs before the server that runs them stops.
+
+Every ASGI server stops in the order that suits short requests: on a signal
+it stops accepting, waits for the open connections (or cuts them), and only
+then runs the lifespan shutdown. A hub's connections never end on their own,
+so a drain left to the lifespan comes too late: uvicorn waits for them
+forever ("Waiting for connections to close"), Granian cuts WebSockets without
+a close frame, Hypercorn cancels them after its graceful timeout.
+
+So the hub goes in front of the server's own handler. The first signal
+drains every running hub of the process in two steps: for DRAIN_GRACE the
+server still serves while /healthz answers 503 and new subscribers are
+refused (a load balancer sees the node leave), then WebSocket clients get
+1001 and SSE streams end, waiting at most DRAIN_TIMEOUT. Only then is the
+signal handed on to the server's handler, which stops as it always does. A
+second signal is handed on at once.
+
+Granian's worker sets its handlers with ``loop.add_signal_handler`` in
+``granian._signals.set_loop_signals``; uvloop keeps them in C, out of reach
+once set. So that function is wrapped (``wrap_granian``) while the worker
+imports the app, before it looks the function up. Handing on sets
+Granian's own stop event.
+
+The relay: a server's main process answers SIGTERM or SIGINT by sending
+SIGTERM to each worker (Granian, ``uvicorn --workers``). When the whole
+process group is signalled (systemd's KillMode=control-group, Ctrl-C in a
+terminal) a worker gets the group's signal and, milliseconds later, its
+main process's copy. Taken for a second signal, that copy stopped the worker
+at once: no 503 was ever seen (issue 19). A handler cannot tell who sent a
+signal, so a worker (a process that multiprocessing started) takes one
+SIGTERM within RELAY_WINDOW of the first signal for that copy. (Only
+``sigwaitinfo`` tells the sender, and it needs the signals blocked in every
+thread, a mask that every process the app starts would inherit.)
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import signal
+import sys
+import time
+import weakref
+from typing import TYPE_CHECKING, Callable, Protocol
+
+if TYPE_CHECKING:
+    from .config import Config
+
+log = logging.getLogger("hubbub")
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The main process's copy follows the group's signal within milliseconds; an
+# operator's second signal (to stop at once) rarely comes this soon.
+RELAY_WINDOW = 1.0
+
+
+class Hub(Protocol):
+    """What a signal's drain uses of a hub (``hubbub.app.Hub``, which imports this module)."""
+    config: "Config"
+    draining: bool
+
+    async def stop(self, timeout: float | None = None) -> None: ...
+
+
+_running: "weakref.WeakSet[Hub]" = weakref.WeakSet()  # the hubs a signal drains
+_gate: "_Gate | None" = None  # this process's, once installed
+
+
+def running(hub: "Hub") -> None:
+    """``hub`` has started: a signal drains it from now on."""
+    _running.add(hub)
+
+
+def stopped(hub: "Hub") -> None:
+    """``hub`` has stopped."""
+    _running.discard(hub)
+
+
+class _Gate:
+    """Takes SIGTERM/SIGINT first: drains the running hubs, then hands the signal on."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.hand_on: dict[int, Callable[[int], None]] = {}  # the server's own handling, per signal
+        self.taken: list[int] = []  # signals received and not yet handed on
+        self.first_at: float | None = None
+        self.relay_seen = False
+        self.handed_on = False
+        self.hurry = asyncio.Event()  # a second signal cuts the grace short
+        self.in_worker = multiprocessing.parent_process() is not None
+        self.drain: asyncio.Task | None = None
+
+    # -- a signal -----------------------------------------------------------------
+    def on_signal(self, signum: int) -> None:
+        now = time.monotonic()
+        if self.handed_on:  # the server's already: pass it straight on
+            self.hand_on[signum](signum)
+            return
+        if self.first_at is None:
+            self.first_at = now
+            self.taken.append(signum)
+            if not _running:
+                self._hand_on()
+                return
+            log.info("%s: draining before the server stops", signal.Signals(signum).name)
+            self._start_drain(grace=max(hub.config.drain_grace for hub in _running))
+            return
+        if self.in_worker and signum == signal.SIGTERM and not self.relay_seen \
+                and now - self.first_at < RELAY_WINDOW:
+            self.relay_seen = True  # the main process's copy of the group's signal
+            return
+        log.info("%s again: stopping now", signal.Signals(signum).name)
+        self.taken.append(signum)
+        self.hurry.set()
+        self._hand_on()
+
+    def _start_drain(self, grace: float) -> None:
+        self.drain = self.loop.create_task(self._drain(list(_running), grace))
+        self.drain.add_done_callback(self._drained)
+
+    async def _drain(self, hubs: list["Hub"], grace: float) -> None:
+        for hub in hubs:
+            hub.draining = True  # /healthz 503, new subscribers 503; the server still serves
+        if grace:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.hurry.wait(), grace)
+        await asyncio.gather(*(hub.stop() for hub in hubs))
+
+    def _drained(self, drain: asyncio.Task) -> None:
+        if not drain.cancelled() and drain.exception() is not None:
+            log.error("the drain failed; stopping anyway", exc_info=drain.exception())
+        if not self.handed_on:
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        self.handed_on = True
+        taken, self.taken = self.taken, []
+        for signum in taken:
+            self.hand_on[signum](signum)
+
+
+# -- Granian ------------------------------------------------------------------------
+def wrap_granian() -> None:
+    """Go in front of the handlers a Granian worker is about to install.
+
+    Must run before the worker calls ``set_loop_signals``, which it does after
+    it loaded the app: at import of this module when Granian was imported
+    first (``granian app:app``), and in ``hubbub serve``'s app factory (there
+    hubbub comes first: ``python -m hubbub.cli`` imports this module before
+    Granian). Idempotent.
+    """
+    granian_signals = sys.modules.get("granian._signals")
+    if granian_signals is None or hasattr(granian_signals.set_loop_signals, "granian"):
+        return
+    granian_set_loop_signals = granian_signals.set_loop_signals
+
+    def _set_loop_signals_draining_first(loop):
+        global _gate
+        stop_granian = granian_set_loop_signals(loop)  # Granian's own event and handlers
+        stopping = False
+
+        def stop(signum: int) -> None:
+            nonlocal stopping
+            if not stopping:  # a second WorkerSignal.set() blocks the worker for good
+                stopping = True
+                stop_granian.set()
+
+        _gate = _Gate(loop)
+        for sig in SIGNALS:
+            _gate.hand_on[sig] = stop
+            loop.add_signal_handler(sig, _gate.on_signal, sig)  # in place of Granian's
+        return stop_granian
+
+    _set_loop_signals_draining_first.granian = granian_set_loop_signals
+    granian_signals.set_loop_signals = _set_loop_signals_draining_first
+
+
+# In any other process Granian is not running and nothing needs wrapping.
+wrap_granian()
