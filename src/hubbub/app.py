@@ -212,8 +212,14 @@ class Hub:
 
         Routers do not pass lifespan events to mounted apps; without this the
         hub starts on its first request and is not drained at shutdown.
+
+        The server's SIGTERM/SIGINT drain the hub before they stop the server
+        (``signals.py``): servers stop serving before the lifespan shutdown,
+        too late for connections that never end by themselves. A shutdown
+        without a signal drains here, at the lifespan shutdown.
         """
         await self.start()
+        signals.drain_first()
         try:
             yield
         finally:

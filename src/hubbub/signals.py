@@ -15,11 +15,23 @@ refused (a load balancer sees the node leave), then WebSocket clients get
 signal handed on to the server's handler, which stops as it always does. A
 second signal is handed on at once.
 
-Granian's worker sets its handlers with ``loop.add_signal_handler`` in
-``granian._signals.set_loop_signals``; uvloop keeps them in C, out of reach
-once set. So that function is wrapped (``wrap_granian``) while the worker
-imports the app, before it looks the function up. Handing on sets
-Granian's own stop event.
+What each server installs before the lifespan starts, and how the hub gets
+in front of it:
+
+- uvicorn: ``signal.signal`` handlers (``Server.capture_signals``). ``drain_first``
+  (called at lifespan startup) puts its own in their place and calls theirs
+  to hand on; they are put back when the last hub stops.
+- Granian: its worker sets ``loop.add_signal_handler`` handlers in
+  ``granian._signals.set_loop_signals``; uvloop keeps them in C, out of reach
+  once set. So that function is wrapped (``wrap_granian``) while the worker
+  imports the app, before it looks the function up. Handing on sets
+  Granian's own stop event.
+- Hypercorn: its workers install nothing, so SIGTERM has its default action:
+  chained like uvicorn's, and handed on by restoring the default and raising
+  the signal again. Its main process sends its workers no signal: it sets a
+  multiprocessing event that they poll, stop accepting, give open
+  connections ``--graceful-timeout`` (3 s) and cancel them. So the hub polls
+  that event too and drains at once, without a grace (the port is closing).
 
 The relay: a server's main process answers SIGTERM or SIGINT by sending
 SIGTERM to each worker (Granian, ``uvicorn --workers``). When the whole
@@ -40,9 +52,10 @@ import logging
 import multiprocessing
 import signal
 import sys
+import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
     from .config import Config
@@ -73,8 +86,37 @@ def running(hub: "Hub") -> None:
 
 
 def stopped(hub: "Hub") -> None:
-    """``hub`` has stopped."""
+    """``hub`` has stopped; after the last one the server's own handlers are put back."""
     _running.discard(hub)
+    _release_if_idle()
+
+
+def _release_if_idle() -> None:
+    global _gate
+    if not _running and _gate is not None and _gate.restorable():
+        _gate.restore()
+        _gate = None
+
+
+def drain_first() -> None:
+    """Put the hubs' drain in front of the server's SIGTERM/SIGINT handlers.
+
+    Called at lifespan startup, in the server's event loop: every server
+    installs its handlers before it starts the lifespan. Does nothing when
+    already done (Granian's worker did it through ``set_loop_signals``).
+    """
+    global _gate
+    if _gate is not None:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        log.debug("signals are the main thread's: the hub drains at lifespan shutdown only")
+        return
+    gate = _Gate(asyncio.get_running_loop())
+    for sig in SIGNALS:
+        gate.chain(sig)
+    gate.watch_hypercorn()
+    if gate.replaced or gate.watcher is not None:
+        _gate = gate
 
 
 class _Gate:
@@ -83,13 +125,63 @@ class _Gate:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.hand_on: dict[int, Callable[[int], None]] = {}  # the server's own handling, per signal
+        self.replaced: dict[int, Any] = {}  # the signal.signal handlers put back by restore()
         self.taken: list[int] = []  # signals received and not yet handed on
         self.first_at: float | None = None
         self.relay_seen = False
         self.handed_on = False
         self.hurry = asyncio.Event()  # a second signal cuts the grace short
         self.in_worker = multiprocessing.parent_process() is not None
+        self.watcher: asyncio.Task | None = None
         self.drain: asyncio.Task | None = None
+
+    # -- installing -------------------------------------------------------------
+    def chain(self, sig: int) -> None:
+        """Replace a ``signal.signal`` handler with ours; call it to hand on."""
+        previous = signal.getsignal(sig)
+        if previous is signal.SIG_IGN or previous is None:
+            return  # ignored by the server, or not Python's: not ours to take
+        if _set_by_event_loop(previous, self.loop):
+            log.warning("the server handles %s with loop.add_signal_handler, which the hub cannot go"
+                        " in front of: it drains at lifespan shutdown only", signal.Signals(sig).name)
+            return
+        self.replaced[sig] = previous
+        self.hand_on[sig] = lambda signum: _call(previous, signum)
+        signal.signal(sig, self._on_python_signal)
+
+    def watch_hypercorn(self) -> None:
+        """In a Hypercorn worker, drain when its main process sets the workers' shutdown event."""
+        worker = multiprocessing.current_process()
+        target = getattr(worker, "_target", None)
+        event = (getattr(worker, "_kwargs", None) or {}).get("shutdown_event")
+        if not getattr(target, "__module__", "").startswith("hypercorn.") or event is None:
+            return
+
+        async def watch() -> None:
+            while not event.is_set():
+                await asyncio.sleep(0.1)  # as often as Hypercorn's worker looks
+            self.server_stopping()
+        self.watcher = self.loop.create_task(watch())
+
+    def restorable(self) -> bool:
+        """Installed by drain_first (not Granian's), in this thread, and no drain under way."""
+        return (bool(self.replaced) or self.watcher is not None) and not self.taken \
+            and threading.current_thread() is threading.main_thread()
+
+    def restore(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+        for sig, previous in self.replaced.items():
+            if signal.getsignal(sig) == self._on_python_signal:  # unless the server already did
+                signal.signal(sig, previous)
+        self.replaced.clear()
+
+    def _on_python_signal(self, signum: int, frame: Any) -> None:
+        # Runs between two bytecodes of the main thread: only schedule.
+        try:
+            self.loop.call_soon_threadsafe(self.on_signal, signum)
+        except RuntimeError:  # the loop is gone: nothing left to drain
+            self.hand_on[signum](signum)
 
     # -- a signal -----------------------------------------------------------------
     def on_signal(self, signum: int) -> None:
@@ -115,6 +207,17 @@ class _Gate:
         self.hurry.set()
         self._hand_on()
 
+    def server_stopping(self) -> None:
+        """The server stops by itself and no longer accepts: drain now, without a grace
+        (its port is closing); a signal taken needs no handing on."""
+        self.handed_on = True
+        self.taken.clear()
+        if self.first_at is not None:  # already draining
+            self.hurry.set()
+            return
+        self.first_at = time.monotonic()
+        self._start_drain(grace=0.0)
+
     def _start_drain(self, grace: float) -> None:
         self.drain = self.loop.create_task(self._drain(list(_running), grace))
         self.drain.add_done_callback(self._drained)
@@ -132,12 +235,28 @@ class _Gate:
             log.error("the drain failed; stopping anyway", exc_info=drain.exception())
         if not self.handed_on:
             self._hand_on()
+        _release_if_idle()
 
     def _hand_on(self) -> None:
         self.handed_on = True
         taken, self.taken = self.taken, []
         for signum in taken:
             self.hand_on[signum](signum)
+
+
+def _call(handler: Any, signum: int) -> None:
+    if handler is signal.SIG_DFL:  # what the signal would have done: usually end the process
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+    else:
+        handler(signum, None)
+
+
+def _set_by_event_loop(handler: Any, loop: asyncio.AbstractEventLoop) -> bool:
+    """A stand-in through which an event loop's add_signal_handler gets its wake-ups
+    (uvloop: a method of the loop; asyncio: _sighandler_noop)."""
+    return getattr(handler, "__self__", None) is loop \
+        or getattr(handler, "__name__", "") == "_sighandler_noop"
 
 
 # -- Granian ------------------------------------------------------------------------

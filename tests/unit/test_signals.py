@@ -1,6 +1,7 @@
 """The rules of signals.py, in one process: what drains, what is handed on, and when.
 
-The real server and signals are in tests/integration/test_drain_signals.py."""
+The real servers and signals are in tests/integration/test_drain_signals.py
+(``hubbub serve``) and test_embedding.py (uvicorn, Hypercorn, Granian)."""
 from __future__ import annotations
 
 import asyncio
@@ -86,3 +87,52 @@ async def test_a_second_sigterm_stops_at_once_outside_a_worker_or_after_the_wind
     late.on_signal(signal.SIGTERM)
     assert gate.handed[2:] == [signal.SIGTERM, signal.SIGTERM]
     await asyncio.wait_for(late.drain, 2)
+
+
+async def test_a_server_that_stops_by_itself_gets_nothing_handed_on(gate):
+    hub = FakeHub(grace=5)
+    signals.running(hub)
+    gate.on_signal(signal.SIGTERM)
+    gate.server_stopping()  # Hypercorn's workers: their main process's event
+    await asyncio.wait_for(gate.drain, 2)  # no grace left
+    await settle()
+    assert hub.stops == 1 and gate.handed == []
+
+
+async def test_drain_first_goes_in_front_of_a_python_handler_and_steps_back_after_the_last_hub():
+    calls = []
+
+    def server_handler(signum, frame):
+        calls.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, server_handler)
+    try:
+        hub = FakeHub()
+        signals.running(hub)
+        signals.drain_first()
+        assert signal.getsignal(signal.SIGTERM) != server_handler
+        signal.raise_signal(signal.SIGTERM)
+        for _ in range(50):
+            if calls:
+                break
+            await asyncio.sleep(0.01)
+        assert calls == [signal.SIGTERM] and hub.stops == 1  # drained, then the server's handler
+        signals.stopped(hub)
+        assert signal.getsignal(signal.SIGTERM) == server_handler and signals._gate is None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+async def test_a_handler_set_through_the_event_loop_is_left_alone(monkeypatch):
+    warnings = []
+    # Not caplog: test_layers.py runs lint-imports, whose logging setup disables this logger.
+    monkeypatch.setattr(signals.log, "warning", lambda message, *args: warnings.append(message % args))
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: None)
+    try:
+        gate = signals._Gate(loop)
+        gate.chain(signal.SIGTERM)
+        assert signal.SIGTERM not in gate.replaced
+        assert "cannot go in front" in warnings[0]
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
