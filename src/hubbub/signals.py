@@ -43,6 +43,9 @@ signal, so a worker (a process that multiprocessing started) takes one
 SIGTERM within RELAY_WINDOW of the first signal for that copy. (Only
 ``sigwaitinfo`` tells the sender, and it needs the signals blocked in every
 thread, a mask that every process the app starts would inherit.)
+
+Granian's main process passes on only the first signal; for ``hubbub serve``
+``pass_a_second_signal_on`` makes it pass on the second too.
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -293,6 +297,29 @@ def wrap_granian() -> None:
 
     _set_loop_signals_draining_first.granian = granian_set_loop_signals
     granian_signals.set_loop_signals = _set_loop_signals_draining_first
+
+
+def pass_a_second_signal_on(server) -> None:
+    """In Granian's main process (``hubbub serve``): a second SIGTERM/SIGINT stops the workers.
+
+    The main process answers the first signal by sending each worker SIGTERM,
+    which starts its drain, then waits for them as long as they take; a
+    second signal it only notes. So it is sent on to the workers, as SIGINT:
+    a worker never takes that for the main process's copy of the first.
+    """
+    granian_handler = server.signal_handler_interrupt  # what Granian's startup installs
+    signalled = False
+
+    def on_signal(*args: Any) -> None:
+        nonlocal signalled
+        if signalled:
+            for worker in list(server.wrks):
+                with contextlib.suppress(OSError, TypeError):  # gone, or never started
+                    os.kill(worker.inner.pid, signal.SIGINT)
+        signalled = True
+        granian_handler(*args)
+
+    server.signal_handler_interrupt = on_signal
 
 
 # In any other process Granian is not running and nothing needs wrapping.

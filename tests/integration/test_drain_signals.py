@@ -25,6 +25,8 @@ import psutil
 import pytest
 import websockets
 
+from hubbub.signals import RELAY_WINDOW
+
 from .server import HubProcess, ws_connect, ws_messages
 
 GRACE = 2.0
@@ -111,3 +113,25 @@ async def test_healthz_503_for_the_whole_grace_whoever_gets_the_signal(target, w
     if target != "workers":  # a worker that exits on its own is "unexpected" to Granian: status 1
         assert returncode == 0, hub.output()
 
+
+@pytest.mark.parametrize("second", ["main", "group"])
+async def test_a_second_signal_stops_at_once(second, make_hub):
+    """Granian's main process passes on only the first signal by itself; the
+    second must reach the workers too, cutting the grace and the drain short."""
+    hub = make_hub(env={"HUBBUB_DRAIN_GRACE": "30", "HUBBUB_DRAIN_TIMEOUT": "30"})
+    ws = await ws_connect(hub.url("native", "/ws?topic=d.s", "ws")).__aenter__()
+    await asyncio.sleep(0.2)
+    signal_target(hub, "main")
+    async with fresh_connections() as client:
+        async with asyncio.timeout(FIRST_503_WITHIN * 2):
+            while (await client.get(hub.url("asgi", "/healthz"))).status_code != 503:
+                await asyncio.sleep(0.05)
+    await asyncio.sleep(RELAY_WINDOW)  # a second signal, not the main process's copy of the first
+    stopped = time.monotonic()
+    signal_target(hub, second)
+    await asyncio.to_thread(hub.proc.wait, 10)
+    assert time.monotonic() - stopped < 10
+    with pytest.raises(websockets.ConnectionClosed):
+        async with asyncio.timeout(5):
+            while True:
+                await ws.recv()

@@ -41,5 +41,16 @@ def test_granian_worker_signals_are_what_signals_py_wraps():
     asyncio.run(check())
 
 
+def test_granian_main_process_is_what_pass_a_second_signal_on_wraps():
+    from granian.server.common import AbstractServer
+
+    # Its startup installs the handler it finds on the instance, at that moment...
+    startup = inspect.getsource(AbstractServer.startup)
+    assert "set_main_signals(self.signal_handler_interrupt" in startup
+    # ...and stopping the workers walks self.wrks, each a multiprocessing.Process in .inner.
+    assert "for wrk in self.wrks" in inspect.getsource(AbstractServer._stop_workers)
+    assert "self.inner = multiprocessing" in inspect.getsource(granian_mp.WorkerProcess._spawn)
+
+
 def test_granian_http1_settings_has_the_head_timeout_cli_py_sets():
     assert "header_read_timeout" in {f for f in HTTP1Settings.__dataclass_fields__}
