@@ -1,6 +1,7 @@
 """Hubbub mounted in a FastAPI app: ``uvicorn examples.fastapi_app:app``.
 
-Run with HUBBUB_DEV=1 to try it without secrets.
+Run with HUBBUB_DEV=1 to try it without secrets. ``lifespan=hub.lifespan``
+starts the hub and drains it on SIGTERM before the server stops.
 """
 from fastapi import FastAPI
 

@@ -1,7 +1,11 @@
-"""Hubbub mounted in a Starlette app: ``uvicorn examples.starlette_app:app``.
+"""Hubbub mounted in a Starlette app: ``uvicorn examples.starlette_app:app``
+(or ``hypercorn examples.starlette_app:app``, or
+``granian --interface asgi examples.starlette_app:app``).
 
 Clients connect to /rt/sse, /rt/ws; the app publishes domain events in-process.
-Run with HUBBUB_DEV=1 to try it without secrets.
+Run with HUBBUB_DEV=1 to try it without secrets. ``lifespan=hub.lifespan``
+starts the hub and drains it on SIGTERM before the server stops (WS 1001,
+SSE streams ended).
 """
 from starlette.applications import Starlette
 from starlette.requests import Request

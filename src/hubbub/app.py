@@ -15,6 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from . import signals
 from .auth import AuthenticateHook, Authenticator
 from .backplane import broker_for
 from .config import Config
@@ -114,6 +115,7 @@ class Hub:
                                 on_epoch_change=core.on_epoch_change, on_gap=core.on_gap,
                                 on_event=self.user_events.on_fleet_event)
         self.started = True
+        signals.running(self)  # a SIGTERM drains it first (signals.py)
         self._tasks += [asyncio.ensure_future(self._expire_history()),
                         asyncio.ensure_future(self._heartbeats())]
         self.telemetry.start()
@@ -160,6 +162,7 @@ class Hub:
             await self.presence.settle(1.0)  # the closed connections' leaves, before the broker goes
             await self.broker.stop()
         self.started = False
+        signals.stopped(self)
 
     async def _open_inbox(self) -> bool:
         """Open the notification store; False (logged) when it cannot be opened.
@@ -209,8 +212,14 @@ class Hub:
 
         Routers do not pass lifespan events to mounted apps; without this the
         hub starts on its first request and is not drained at shutdown.
+
+        The server's SIGTERM/SIGINT drain the hub before they stop the server
+        (``signals.py``): servers stop serving before the lifespan shutdown,
+        too late for connections that never end by themselves. A shutdown
+        without a signal drains here, at the lifespan shutdown.
         """
         await self.start()
+        signals.drain_first()
         try:
             yield
         finally:

@@ -112,6 +112,8 @@ def serve_command(args: argparse.Namespace) -> int:
     from granian.constants import Interfaces, Loops
     from granian.http import HTTP1Settings
 
+    from .signals import pass_a_second_signal_on
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Granian caps concurrent connections per worker at backpressure
     # (default backlog // workers): raise both to the hub's own limit.
@@ -128,6 +130,7 @@ def serve_command(args: argparse.Namespace) -> int:
         # HEAD_TIMEOUT on this port as on the fast port (Granian's default is 30 s).
         http1_settings=HTTP1Settings(header_read_timeout=int(config.head_timeout * 1000)),
     )
+    pass_a_second_signal_on(server)  # Granian passes on only the first (signals.py)
     fast = config.effective_fast_port
     scheme = "https" if config.tls_cert else "http"
     print(f"hubbub: serving on {scheme}://{config.host}:{config.port}"

@@ -3,6 +3,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,20 +11,30 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
 from .server import free_port_pair, ws_connect, ws_messages
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+SERVERS = {  # how each ASGI server runs an app on a port
+    "uvicorn": lambda app, port: ["uvicorn", app, "--port", str(port), "--log-level", "warning"],
+    "hypercorn": lambda app, port: ["hypercorn", app, "--bind", f"127.0.0.1:{port}"],
+    "granian": lambda app, port: ["granian", "--interface", "asgi", "--host", "127.0.0.1",
+                                  "--port", str(port), app],
+}
+
+
 @contextlib.contextmanager
-def uvicorn_serving(app: str, log_dir: Path):
-    """``uvicorn APP`` on a free loopback port, in dev mode; yields its base URL."""
+def serving(server: str, app: str, log_dir: Path, env: dict[str, str] | None = None):
+    """``SERVER APP`` on a free loopback port, in dev mode, in a process group of
+    its own; yields (base URL, process) once the hub answers under /rt."""
     port = free_port_pair()
-    log = open(log_dir / "uvicorn.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", app, "--port", str(port),
-                             "--log-level", "warning"],
-                            cwd=ROOT, env={**os.environ, "HUBBUB_DEV": "1"}, stdout=log, stderr=log)
+    log = open(log_dir / f"{server}.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", *SERVERS[server](app, port)], cwd=ROOT,
+                            env={**os.environ, "HUBBUB_DEV": "1", **(env or {})}, stdout=log, stderr=log,
+                            start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -35,10 +46,22 @@ def uvicorn_serving(app: str, log_dir: Path):
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
             time.sleep(0.1)
-        yield base
+        yield base, proc
     finally:
-        proc.terminate()
-        proc.wait(15)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+@contextlib.contextmanager
+def uvicorn_serving(app: str, log_dir: Path):
+    # Stops stay fast; the drain tests below set a grace where it is the point.
+    with serving("uvicorn", app, log_dir, env={"HUBBUB_DRAIN_GRACE": "0"}) as (base, _):
+        yield base
 
 
 @pytest.fixture(params=["examples.starlette_app:app", "examples.fastapi_app:app"], scope="module")
@@ -113,3 +136,109 @@ async def test_pluggable_authenticate_hook(session_app):
             await ws.send(json.dumps({"op": "publish", "topic": "user.alice.notes", "data": 1, "id": 1}))
             got = await ws_messages(ws, 2)
             assert {m["op"] for m in got} == {"ack", "message"}
+
+
+# -- the drain of an embedded hub when its server stops (issue 18) -------------------
+GRACE = 1.0
+DRAIN_TIMEOUT = 3.0
+SLACK = 5.0  # a loaded machine: the server's own stop, the interpreter's exit
+
+
+async def open_streams(base: str):
+    """A WebSocket and an SSE stream on the mounted hub, both subscribed."""
+    ws = await ws_connect(base.replace("http", "ws") + "/rt/ws?topic=orders.*").__aenter__()
+    client = httpx.AsyncClient(timeout=30)
+    sse = await client.send(client.build_request("GET", base + "/rt/sse?topic=orders.%3E"), stream=True)
+    assert sse.status_code == 200
+    await asyncio.sleep(0.3)
+    return ws, client, sse
+
+
+async def assert_both_end_cleanly(ws, client, sse, within: float) -> None:
+    """The WS gets a 1001 close frame; the SSE stream ends (its chunked body
+    completes, which a cut connection does not)."""
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        async with asyncio.timeout(within):
+            while True:
+                await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    async with asyncio.timeout(within):
+        async for _ in sse.aiter_raw():
+            pass
+    await sse.aclose()
+    await client.aclose()
+
+
+def send(proc: subprocess.Popen, sig: int, target: str) -> None:
+    if target == "group":  # systemd's KillMode=control-group, Ctrl-C in a terminal
+        os.killpg(proc.pid, sig)
+    else:  # the server's (main) process only: kill PID, docker stop
+        os.kill(proc.pid, sig)
+
+
+@pytest.mark.parametrize("server, target", [
+    ("uvicorn", "main"),
+    ("hypercorn", "main"), ("hypercorn", "group"),  # its main process signals no worker
+    ("granian", "main"), ("granian", "group"),  # its main process sends each worker SIGTERM
+])
+async def test_sigterm_drains_the_embedded_hub_before_the_server_stops(server, target, tmp_path):
+    """uvicorn used to wait for the hub's connections forever ("Waiting for
+    connections to close"), Granian cut WebSockets without a close frame and
+    Hypercorn cancelled them after its graceful timeout: the lifespan shutdown,
+    where the hub drained, comes after all of that."""
+    env = {"HUBBUB_DRAIN_GRACE": str(GRACE), "HUBBUB_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT)}
+    with serving(server, "examples.starlette_app:app", tmp_path, env) as (base, proc):
+        ws, client, sse = await open_streams(base)
+        signalled = time.monotonic()
+        send(proc, signal.SIGTERM, target)
+        if server != "hypercorn":  # Hypercorn stops accepting at once: no grace to see
+            await asyncio.sleep(0.3)
+            async with httpx.AsyncClient(timeout=2) as checker:
+                health = await checker.get(base + "/rt/healthz")
+            assert health.status_code == 503 and health.json()["status"] == "draining"
+            await ws.send(json.dumps({"op": "ping", "id": 1}))  # still served during the grace
+            assert (await ws_messages(ws, 1))[0] == {"op": "pong", "id": 1}
+        await assert_both_end_cleanly(ws, client, sse, within=GRACE + DRAIN_TIMEOUT)
+        returncode = await asyncio.to_thread(proc.wait, GRACE + DRAIN_TIMEOUT + SLACK)
+        assert time.monotonic() - signalled < GRACE + DRAIN_TIMEOUT + SLACK
+        # uvicorn raises the signal again once it has stopped, to end as the signal would
+        assert returncode in ((0, -signal.SIGTERM) if server == "uvicorn" else (0,))
+
+
+async def test_a_second_signal_stops_at_once(tmp_path):
+    env = {"HUBBUB_DRAIN_GRACE": "30", "HUBBUB_DRAIN_TIMEOUT": "30"}
+    with serving("uvicorn", "examples.starlette_app:app", tmp_path, env) as (base, proc):
+        ws, client, sse = await open_streams(base)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert httpx.get(base + "/rt/healthz", timeout=2).status_code == 503  # in its grace
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        await asyncio.to_thread(proc.wait, SLACK)
+        assert time.monotonic() - stopped < SLACK
+        with pytest.raises(websockets.ConnectionClosed):  # closed, 1001 or cut, but closed
+            async with asyncio.timeout(SLACK):
+                while True:
+                    await ws.recv()
+        await sse.aclose()
+        await client.aclose()
+
+
+async def test_a_lifespan_shutdown_without_a_signal_still_drains(tmp_path):
+    """An app stopped by other means than a signal (a test client, a server told
+    to exit) drains at the lifespan shutdown; the server's handlers are put back."""
+    from hubbub import Config, Hub
+
+    before = signal.getsignal(signal.SIGTERM)
+    hub = Hub(Config(dev=True, data_dir=str(tmp_path)))
+    async with hub.lifespan():
+        assert signal.getsignal(signal.SIGTERM) != before  # the hub's, in front
+        native = await hub.listen()
+        ws = await ws_connect(f"ws://127.0.0.1:{native.port}/ws?topic=orders.*").__aenter__()
+        await asyncio.sleep(0.2)
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        async with asyncio.timeout(5):
+            while True:
+                await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -22,14 +22,15 @@ def test_picows_server_protocol_takes_the_14_arguments_native_py_passes():
     asyncio.run(build())
 
 
-def test_granian_worker_signals_are_what_server_py_wraps():
-    import hubbub.server  # noqa: F401  (installs the wrapper)
+def test_granian_worker_signals_are_what_signals_py_wraps():
+    import hubbub.signals
 
+    hubbub.signals.wrap_granian()  # what hubbub serve's app factory does
     # The wrapper replaces this module attribute; Granian's ASGI worker must look
     # it up at call time (an import inside the worker function), or it is bypassed.
     assert granian_signals.set_loop_signals.__name__ == "_set_loop_signals_draining_first"
     assert "from granian._signals import set_loop_signals" in inspect.getsource(granian_mp)
-    original = hubbub.server._granian_set_loop_signals
+    original = granian_signals.set_loop_signals.granian
     assert list(inspect.signature(original).parameters) == ["loop"]
 
     async def check():
@@ -38,6 +39,17 @@ def test_granian_worker_signals_are_what_server_py_wraps():
         for sig in granian_signals._get_signals():
             asyncio.get_running_loop().remove_signal_handler(sig)
     asyncio.run(check())
+
+
+def test_granian_main_process_is_what_pass_a_second_signal_on_wraps():
+    from granian.server.common import AbstractServer
+
+    # Its startup installs the handler it finds on the instance, at that moment...
+    startup = inspect.getsource(AbstractServer.startup)
+    assert "set_main_signals(self.signal_handler_interrupt" in startup
+    # ...and stopping the workers walks self.wrks, each a multiprocessing.Process in .inner.
+    assert "for wrk in self.wrks" in inspect.getsource(AbstractServer._stop_workers)
+    assert "self.inner = multiprocessing" in inspect.getsource(granian_mp.WorkerProcess._spawn)
 
 
 def test_granian_http1_settings_has_the_head_timeout_cli_py_sets():
