@@ -17,7 +17,8 @@ handed back, never compared (docs/protocol.md). Every failure to connect
 502, a handshake timeout) goes through the same backoff and is logged; with
 ``max_retries`` the client gives up after that many failures in a row and
 iteration ends. It does not reconnect after 4401 (a new token is needed) or
-after ``close()``.
+after ``close()``. It answers the hub's ``{"op":"ping"}``, and says so at
+connect, so the ASGI port can drop it (4410) if it freezes.
 """
 from __future__ import annotations
 
@@ -163,6 +164,11 @@ class Client:
                     await self._subscribe(topic, tag_filter, since=self._resume_point(topic))
                 except HubError as error:
                     log.warning("hubbub client: subscribe %r refused: %s", topic, error)
+            # Unasked, this tells the hub that this client answers its
+            # {"op":"ping"} (see _on_message): on the ASGI port, where the
+            # hub cannot see protocol pongs, only such a client is dropped
+            # when it freezes, and this way from its first second.
+            self._send({"op": "pong"})
         except (ConnectionClosed, ConnectionError, asyncio.TimeoutError) as error:
             transport.disconnect()
             raise ConnectionError(f"connection lost while subscribing: {error!r}") from error

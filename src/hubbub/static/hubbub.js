@@ -625,6 +625,10 @@ var hubbub = (function () {
         // hello: by then the handshake's subscriptions are in place.
         var hello = token ? {op: "auth", token: token} : {op: "ping"};
         self.request(hello).then(function () {
+          // Unasked, this tells the hub that this client answers its pings
+          // (onMessage): on the ASGI port, where the hub cannot see protocol
+          // pongs, a page that freezes is then dropped within PRESENCE_TTL.
+          self.send({op: "pong"});
           return self.subscribeWithOptions(since);
         }).then(function () { self.becomeReady({}); }, function (error) {
           self.fail({code: error.code, reason: error.reason});
