@@ -148,6 +148,27 @@ asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3] == "1"))
 """
 
 
+async def leaves_within_ttl_once_frozen(watcher, user: str, script: str, *args: str) -> None:
+    """Run a client process (``script`` with ``args``) as ``user``, freeze it
+    (SIGSTOP) once it prints "ready", and check that ``watcher`` saw ``user``
+    join and then leave presence within PRESENCE_TTL of the freeze."""
+    client = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
+                              env=os.environ.copy())
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(client.stdout.readline), 15)
+        assert line.strip() == b"ready"
+        client.send_signal(signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        assert (await ws_next(watcher, "join", timeout=5))["user"] == user
+        leave = await ws_next(watcher, "leave", timeout=PRESENCE_TTL + 5)
+        elapsed = time.monotonic() - frozen_at
+        assert leave["user"] == user
+        assert elapsed <= PRESENCE_TTL + 0.5, f"left after {elapsed:.1f} s"
+    finally:
+        client.kill()  # SIGKILL ends a stopped process too
+        client.wait(5)
+
+
 async def test_a_client_that_vanishes_without_a_close_leaves_within_presence_ttl(secured, port_kind):
     """A client process frozen (SIGSTOP) answers neither protocol pings (fast
     port) nor the hub's app-level pings (ASGI): it is closed, and leaves
@@ -155,24 +176,11 @@ async def test_a_client_that_vanishes_without_a_close_leaves_within_presence_ttl
     hub, topic = secured, room()
     async with ws_connect(hub.url(port_kind, f"/ws?token={token('ttl-watcher')}", "ws")) as watcher:
         await subscribe(watcher, topic, presence=True)
-        # The ASGI port only judges clients that answered its ping once.
+        # The ASGI port only judges clients that speak pong: this one answers a ping first.
         answer_pings = "1" if port_kind == "asgi" else "0"
-        client = subprocess.Popen([sys.executable, "-c", CLIENT,
-                                   hub.url(port_kind, f"/ws?token={token('ttl-ghost')}", "ws"), topic,
-                                   answer_pings], stdout=subprocess.PIPE, env=os.environ.copy())
-        try:
-            assert (await ws_next(watcher, "join", timeout=10))["user"] == "ttl-ghost"
-            line = await asyncio.wait_for(asyncio.to_thread(client.stdout.readline), 10)
-            assert line.strip() == b"ready"
-            client.send_signal(signal.SIGSTOP)
-            frozen_at = time.monotonic()
-            leave = await ws_next(watcher, "leave", timeout=PRESENCE_TTL + 5)
-            elapsed = time.monotonic() - frozen_at
-            assert leave["user"] == "ttl-ghost"
-            assert elapsed <= PRESENCE_TTL + 0.5, f"left after {elapsed:.1f} s"
-        finally:
-            client.kill()  # SIGKILL ends a stopped process too
-            client.wait(5)
+        await leaves_within_ttl_once_frozen(
+            watcher, "ttl-ghost", CLIENT, hub.url(port_kind, f"/ws?token={token('ttl-ghost')}", "ws"),
+            topic, answer_pings)
 
 
 HUBBUB_CLIENT = """
@@ -196,22 +204,8 @@ async def test_a_frozen_python_client_leaves_within_presence_ttl(secured, port_k
     hub, topic = secured, room()
     async with ws_connect(hub.url(port_kind, f"/ws?token={token('frozen-watcher')}", "ws")) as watcher:
         await subscribe(watcher, topic, presence=True)
-        client = subprocess.Popen([sys.executable, "-c", HUBBUB_CLIENT,
-                                   hub.url(port_kind, f"/ws?token={token('frozen')}", "ws"), topic],
-                                  stdout=subprocess.PIPE, env=os.environ.copy())
-        try:
-            line = await asyncio.wait_for(asyncio.to_thread(client.stdout.readline), 15)
-            assert line.strip() == b"ready"
-            client.send_signal(signal.SIGSTOP)
-            frozen_at = time.monotonic()
-            assert (await ws_next(watcher, "join", timeout=5))["user"] == "frozen"
-            leave = await ws_next(watcher, "leave", timeout=PRESENCE_TTL + 5)
-            elapsed = time.monotonic() - frozen_at
-            assert leave["user"] == "frozen"
-            assert elapsed <= PRESENCE_TTL + 0.5, f"left after {elapsed:.1f} s"
-        finally:
-            client.kill()  # SIGKILL ends a stopped process too
-            client.wait(5)
+        await leaves_within_ttl_once_frozen(
+            watcher, "frozen", HUBBUB_CLIENT, hub.url(port_kind, f"/ws?token={token('frozen')}", "ws"), topic)
 
 
 class Reader:

@@ -3,11 +3,12 @@
 Under Granian a ``send`` to a gone client does not raise, so each stream
 watches ``receive()`` for the disconnect; and WS liveness is app-level
 (``{"op":"ping"}`` from the hub), because Granian keeps protocol pings to
-itself (seen in granian 2.8.7, src/asgi/io.rs): it answers a client's ping
-and drops pongs inside ``receive()``, and ``send`` takes only text, bytes
-(a binary data frame) or a close, with no ASGI extension for pings. Nor does
-backpressure tell a peer that stopped reading: ``send`` waits only once the
-kernel buffers are full (about 4 MB on loopback), which pings never fill.
+itself (its src/asgi/io.rs, and seen with granian 2.8.7): it answers a
+client's ping and drops pongs inside ``receive()``, and ``send`` takes only
+text, bytes (a binary data frame) or a close, with no ASGI extension for
+pings. Nor does backpressure tell a peer that stopped reading: ``send``
+waits only once the kernel buffers are full (about 4 MB on loopback), which
+pings never fill.
 """
 from __future__ import annotations
 
