@@ -9,12 +9,16 @@
 The client reconnects by itself after a dropped connection (exponential
 backoff with jitter) and resumes every subscription from the last event id it
 saw, so the hub replays what was missed (or sends a ``reset``). A subscription
-that has seen no message yet resumes from the position the hub's subscribe
-ack gave it. Every failure to connect (refused, closed before the handshake,
-a non-101 answer such as a proxy's 502, a handshake timeout) goes through the
-same backoff and is logged; with ``max_retries`` the client gives up after
-that many failures in a row and iteration ends. It does not reconnect after
-4401 (a new token is needed) or after ``close()``.
+that has seen no message since its subscribe ack or a ``reset`` resumes from
+the position that ack or reset gave it: after Redis lost its data that is the
+start of the new epoch, whose ids may sort below the old ones. Ids are only
+handed back, never compared (docs/protocol.md). Every failure to connect
+(refused, closed before the handshake, a non-101 answer such as a proxy's
+502, a handshake timeout) goes through the same backoff and is logged; with
+``max_retries`` the client gives up after that many failures in a row and
+iteration ends. It does not reconnect after 4401 (a new token is needed) or
+after ``close()``. It answers the hub's ``{"op":"ping"}``, and says so at
+connect, so the ASGI port can drop it (4410) if it freezes.
 """
 from __future__ import annotations
 
@@ -94,9 +98,9 @@ class Client:
         self.subscriptions: dict[str, Any] = {topic: None for topic in topics}
         self.reconnects = 0
         self.last_error: Exception | None = None  # why the latest connection attempt failed
-        # Resume points: a subscription's ack position, valid until a message
-        # with an id arrives after it (then last_id is newer). Frames arrive in
-        # hub order, so a count of ids seen tells which came last.
+        # Resume points: a subscription's ack (or reset) position, valid until
+        # a message with an id arrives after it (then last_id is newer). Frames
+        # arrive in hub order, so a count of ids seen tells which came last.
         self._ids_seen = 0
         self._positions: dict[str, tuple[str, int]] = {}
         self._subscribing: dict[int, str] = {}  # request id -> topic, for the ack's position
@@ -160,6 +164,11 @@ class Client:
                     await self._subscribe(topic, tag_filter, since=self._resume_point(topic))
                 except HubError as error:
                     log.warning("hubbub client: subscribe %r refused: %s", topic, error)
+            # Unasked, this tells the hub that this client answers its
+            # {"op":"ping"} (see _on_message): on the ASGI port, where the
+            # hub cannot see protocol pongs, only such a client is dropped
+            # when it freezes, and this way from its first second.
+            self._send({"op": "pong"})
         except (ConnectionClosed, ConnectionError, asyncio.TimeoutError) as error:
             transport.disconnect()
             raise ConnectionError(f"connection lost while subscribing: {error!r}") from error
@@ -320,7 +329,19 @@ class Client:
         elif op == "ping":
             self._send({"op": "pong"})
         elif op in ("reset", "dropped", "join", "leave"):
+            if op == "reset":
+                self._reset(msg)
             self._messages.put_nowait(Message(op, msg.get("topic"), data=msg, raw=msg))
+
+    def _reset(self, msg: dict) -> None:
+        """The hub could not cover this subscription's gap; its ``position`` is
+        where to resume from now. After Redis lost its data that is the start
+        of a new epoch: ids before it are of another epoch and never compared
+        with it, and resuming from one would only be answered with another
+        reset, losing what was published meanwhile (docs/protocol.md)."""
+        topic, position = msg.get("topic"), msg.get("position")
+        if topic in self.subscriptions and isinstance(position, str):
+            self._positions[topic] = (position, self._ids_seen)
 
     def _fail_pending(self, error: Exception) -> None:
         for future in self._pending.values():

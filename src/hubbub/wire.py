@@ -78,11 +78,13 @@ def dropped_notice(fmt: int, count: int) -> bytes:
 def reset(fmt: int, patterns: list[str], reason: str, last_id: str) -> list[bytes]:
     """The frames telling a connection that these subscriptions may have missed
     publications (SPEC 5, 6): one WS ``reset`` op per pattern, or one SSE
-    ``reset`` event for them all carrying ``last_id`` (the newest id), so a
-    browser that reconnects resumes from now rather than hitting the same reset.
+    ``reset`` event for them all, each carrying ``last_id`` (the newest id; WS
+    ``position``, SSE ``id:``), so a client that reconnects resumes from now
+    rather than hitting the same reset. After Redis lost its data that is the
+    start of the new epoch: the client's old ids can no longer be resumed from.
     A long-poll is told in its answer instead (not here)."""
     if fmt == WS:
-        return [ws_op("reset", topic=p, reason=reason) for p in patterns]
+        return [ws_op("reset", topic=p, reason=reason, position=last_id) for p in patterns]
     return [sse_event("reset", {"topics": patterns, "reason": reason}, last_id)]
 
 

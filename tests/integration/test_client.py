@@ -7,6 +7,7 @@ import pytest
 from hubbub.client import ConnectionClosed, connect
 from hubbub.errors import HubError
 
+from .proxy import CuttableProxy
 from .server import HubProcess
 
 
@@ -155,42 +156,6 @@ async def test_max_retries_ends_iteration_with_the_reason():
         await client.close()
 
 
-class CuttableProxy:
-    """A loopback TCP proxy to ``target`` whose connections can be cut (and new
-    ones closed at once while ``refusing``), to drop a client while the hub stays up."""
-
-    def __init__(self, target: int) -> None:
-        self.target, self.pipes, self.refusing = target, set(), False
-
-    async def start(self) -> int:
-        async def pipe(reader, writer):
-            try:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, asyncio.CancelledError):
-                pass
-            finally:
-                writer.close()
-
-        async def handle(reader, writer):
-            if self.refusing:
-                writer.close()
-                return
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-            for task in (asyncio.ensure_future(pipe(reader, up_writer)),
-                         asyncio.ensure_future(pipe(up_reader, writer))):
-                self.pipes.add(task)
-                task.add_done_callback(self.pipes.discard)
-        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        for task in list(self.pipes):
-            task.cancel()
-        await asyncio.sleep(0.1)
-
-
 async def test_a_subscription_that_saw_no_message_resumes_from_its_ack_position(hub):
     """Issue 14: nothing received yet, the connection drops, a publication lands
     while the client is away: it is replayed on reconnect, not lost."""
@@ -209,4 +174,4 @@ async def test_a_subscription_that_saw_no_message_resumes_from_its_ack_position(
         assert client.reconnects == 1
     finally:
         await client.close()
-        proxy.server.close()
+        proxy.close()

@@ -13,6 +13,7 @@ import uuid
 
 import httpx
 import pytest
+import websockets
 
 from .helpers_user import KEY, SECURED_ENV, SSEReader, bearer, ws_next, ws_quiet
 from .server import HubProcess, ws_connect, ws_messages
@@ -147,6 +148,27 @@ asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3] == "1"))
 """
 
 
+async def leaves_within_ttl_once_frozen(watcher, user: str, script: str, *args: str) -> None:
+    """Run a client process (``script`` with ``args``) as ``user``, freeze it
+    (SIGSTOP) once it prints "ready", and check that ``watcher`` saw ``user``
+    join and then leave presence within PRESENCE_TTL of the freeze."""
+    client = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
+                              env=os.environ.copy())
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(client.stdout.readline), 15)
+        assert line.strip() == b"ready"
+        client.send_signal(signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        assert (await ws_next(watcher, "join", timeout=5))["user"] == user
+        leave = await ws_next(watcher, "leave", timeout=PRESENCE_TTL + 5)
+        elapsed = time.monotonic() - frozen_at
+        assert leave["user"] == user
+        assert elapsed <= PRESENCE_TTL + 0.5, f"left after {elapsed:.1f} s"
+    finally:
+        client.kill()  # SIGKILL ends a stopped process too
+        client.wait(5)
+
+
 async def test_a_client_that_vanishes_without_a_close_leaves_within_presence_ttl(secured, port_kind):
     """A client process frozen (SIGSTOP) answers neither protocol pings (fast
     port) nor the hub's app-level pings (ASGI): it is closed, and leaves
@@ -154,24 +176,102 @@ async def test_a_client_that_vanishes_without_a_close_leaves_within_presence_ttl
     hub, topic = secured, room()
     async with ws_connect(hub.url(port_kind, f"/ws?token={token('ttl-watcher')}", "ws")) as watcher:
         await subscribe(watcher, topic, presence=True)
-        # The ASGI port only judges clients that answered its ping once.
+        # The ASGI port only judges clients that speak pong: this one answers a ping first.
         answer_pings = "1" if port_kind == "asgi" else "0"
-        client = subprocess.Popen([sys.executable, "-c", CLIENT,
-                                   hub.url(port_kind, f"/ws?token={token('ttl-ghost')}", "ws"), topic,
-                                   answer_pings], stdout=subprocess.PIPE, env=os.environ.copy())
+        await leaves_within_ttl_once_frozen(
+            watcher, "ttl-ghost", CLIENT, hub.url(port_kind, f"/ws?token={token('ttl-ghost')}", "ws"),
+            topic, answer_pings)
+
+
+HUBBUB_CLIENT = """
+import asyncio, sys
+from hubbub.client import connect
+async def main(url, topic):
+    client = connect(url, topics=[topic], reconnect=False)
+    await client.start()  # subscribed, and has said that it answers pings
+    print("ready", flush=True)
+    async for _ in client:
+        pass
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_a_frozen_python_client_leaves_within_presence_ttl(secured, port_kind):
+    """The Python client, its process frozen (SIGSTOP) right after it connected,
+    before any hub ping: it is closed, and leaves presence, within PRESENCE_TTL
+    on both ports (ASGI: it said at connect that it speaks pong; fast port:
+    protocol pings)."""
+    hub, topic = secured, room()
+    async with ws_connect(hub.url(port_kind, f"/ws?token={token('frozen-watcher')}", "ws")) as watcher:
+        await subscribe(watcher, topic, presence=True)
+        await leaves_within_ttl_once_frozen(
+            watcher, "frozen", HUBBUB_CLIENT, hub.url(port_kind, f"/ws?token={token('frozen')}", "ws"), topic)
+
+
+class Reader:
+    """Reads a WebSocket in the background as a listening client does,
+    answering the hub's {"op":"ping"} only when ``answers`` says so."""
+
+    def __init__(self, ws, answers: bool) -> None:
+        self.ws, self.answers, self.ops = ws, answers, []
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        async for frame in self.ws:
+            for line in frame.split("\n"):
+                message = json.loads(line)
+                self.ops.append(message.get("op"))
+                if message.get("op") == "ping" and self.answers:
+                    await self.ws.send('{"op":"pong"}')
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def test_a_healthy_bare_client_stays_connected_past_several_ttls(secured):
+    """A `websockets` client with its defaults answers protocol pings by itself
+    and knows nothing of {"op":"ping"}: a live listener, which neither port
+    may drop, though the ASGI port cannot see its pongs."""
+    hub, topic = secured, room()
+    async with ws_connect(hub.url("native", f"/ws?token={token('bare-watcher')}", "ws")) as watcher, \
+            ws_connect(hub.url("asgi", f"/ws?token={token('bare-asgi')}", "ws")) as on_asgi, \
+            ws_connect(hub.url("native", f"/ws?token={token('bare-native')}", "ws")) as on_native:
+        await subscribe(watcher, topic, presence=True)
+        for ws in (on_asgi, on_native):
+            await subscribe(ws, topic)
+        readers = [Reader(watcher, answers=True), Reader(on_asgi, answers=False),
+                   Reader(on_native, answers=False)]
         try:
-            assert (await ws_next(watcher, "join", timeout=10))["user"] == "ttl-ghost"
-            line = await asyncio.wait_for(asyncio.to_thread(client.stdout.readline), 10)
-            assert line.strip() == b"ready"
-            client.send_signal(signal.SIGSTOP)
-            frozen_at = time.monotonic()
-            leave = await ws_next(watcher, "leave", timeout=PRESENCE_TTL + 5)
-            elapsed = time.monotonic() - frozen_at
-            assert leave["user"] == "ttl-ghost"
-            assert elapsed <= PRESENCE_TTL + 0.5, f"left after {elapsed:.1f} s"
+            await asyncio.sleep(3 * PRESENCE_TTL + 1)
+            assert sorted(u["user"] for u in presence(hub, topic).json()["users"]) == \
+                ["bare-asgi", "bare-native", "bare-watcher"]
+            [event_id] = hub.publish({"topic": topic, "data": "still here"}, headers=KEY)
+            async with asyncio.timeout(5):
+                while any(reader.ops.count("message") < 1 for reader in readers[1:]):
+                    await asyncio.sleep(0.05)
+            assert "leave" not in readers[0].ops
+            assert readers[1].ops.count("ping") >= 3, "the ASGI port pinged it and got no answer"
+            assert on_asgi.close_code is None and on_native.close_code is None
         finally:
-            client.kill()  # SIGKILL ends a stopped process too
-            client.wait(5)
+            for reader in readers:
+                await reader.stop()
+
+
+async def test_asgi_port_closes_4410_no_pong_when_pongs_stop(secured):
+    """SPEC 10: a client that speaks pong and then stops answering (still
+    reading) gets a close frame 4410 "no pong" within PRESENCE_TTL, not a cut."""
+    hub = secured
+    async with ws_connect(hub.url("asgi", f"/ws?token={token('stops-ponging')}", "ws")) as ws:
+        await ws.send('{"op":"pong"}')  # as hubbub.js and the Python client do at connect
+        silent_from = time.monotonic()
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            async with asyncio.timeout(PRESENCE_TTL + 2):
+                while True:
+                    await ws.recv()  # reads, never answers
+        elapsed = time.monotonic() - silent_from
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4410, "no pong")
+    assert elapsed <= PRESENCE_TTL + 0.5, f"closed after {elapsed:.1f} s"
 
 
 async def test_typing_and_read_receipts_are_ephemeral_publishes(secured, port_kind):

@@ -84,7 +84,7 @@ async def test_gap_and_recovery_limit_send_reset(small_hub, port_kind):
         await ws.send(json.dumps({"op": "subscribe", "topic": f"{p}.a", "since": ids[2], "id": 1}))
         ack, reset = await ws_messages(ws, 2)
         assert ack["op"] == "ack" and ack["id"] == 1 and ack["position"] == ids[-1]
-        assert reset == {"op": "reset", "topic": f"{p}.a", "reason": "history_gap"}
+        assert reset == {"op": "reset", "topic": f"{p}.a", "reason": "history_gap", "position": ids[-1]}
         # ids[3] is the newest evicted one: everything after it is kept.
         await ws.send(json.dumps({"op": "subscribe", "topic": f"{p}.a", "since": ids[3], "id": 2}))
         got = await ws_messages(ws, 7)
@@ -95,7 +95,7 @@ async def test_gap_and_recovery_limit_send_reset(small_hub, port_kind):
         # 10 kept publications after ids[1], over the replay limit of 8: reset, no partial replay.
         await ws.send(json.dumps({"op": "subscribe", "topic": f"{q}.*", "since": ids[1], "id": 1}))
         got = await ws_messages(ws, 2)
-        assert got[1] == {"op": "reset", "topic": f"{q}.*", "reason": "recovery_limit"}
+        assert got[1] == {"op": "reset", "topic": f"{q}.*", "reason": "recovery_limit", "position": ids[-1]}
         small_hub.publish({"topic": f"{q}.0", "data": "live"})
         assert (await ws_messages(ws, 1))[0]["data"] == "live"
 

@@ -88,7 +88,8 @@ async def scenario(hub: HubProcess, port_kind: str, plan, outcomes: Counter) -> 
             async with ws_connect(url) as ws:
                 if isinstance(expected, str):
                     [reset] = await read_messages(ws, 1)
-                    assert reset == {"op": "reset", "topic": f"{p}.*", "reason": expected}
+                    assert reset == {"op": "reset", "topic": f"{p}.*", "reason": expected,
+                                     "position": model.kept[-1][1]}
                     # After a reset the client starts over from what it sees next.
                     ids = publish(http, p, [("a", False)], model)
                     got = await read_messages(ws, 1)

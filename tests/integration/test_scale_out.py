@@ -214,7 +214,9 @@ async def test_reconnect_to_another_node_recovers_wildcards_and_filters(shared, 
     # An id of another id space (another fleet, or before Redis lost its data): a clean reset.
     async with ws_connect(late.url("native", "/ws?topic=rc.*&since=0000-5", "ws")) as ws:
         (reset,) = await read(ws, 1)
+    position = reset.pop("position")  # the newest id, in this fleet's id space
     assert reset == {"op": "reset", "topic": "rc.*", "reason": "history_gap"}
+    assert position.rpartition("-")[0] == last.rpartition("-")[0] and seq(position) > seq(last)
 
 
 async def test_resume_with_an_id_this_node_has_not_delivered_yet_is_not_a_reset(shared, nodes):
@@ -309,18 +311,21 @@ async def test_redis_restart_mid_stream(redis_server, nodes):
         redis_server.start()  # empty: Redis lost everything, so a new epoch
         await wait_for(lambda: health_status(a) == 200 and health_status(b) == 200, 15,
                        "/healthz 200 again")
-        for ws in (on_a, on_b):  # told that what they hold may have a hole
-            (reset,) = await read(ws, 1)
-            assert reset == {"op": "reset", "topic": "rr.>", "reason": "history_gap"}
+        resets = [(await read(ws, 1))[0] for ws in (on_a, on_b)]  # told that what they hold may have a hole
         after = await publish_many(b.base, [{"topic": "rr.t", "data": "after"}])
-        assert after[0].rpartition("-")[0] != before[0].rpartition("-")[0]
+        new_epoch = after[0].rpartition("-")[0]
+        assert new_epoch != before[0].rpartition("-")[0]
+        # Each resumes from the start of the new epoch: the old ids can never be resumed from.
+        assert resets == [{"op": "reset", "topic": "rr.>", "reason": "history_gap",
+                           "position": f"{new_epoch}-0"}] * 2
         for ws in (on_a, on_b):
             (msg,) = await read(ws, 1)
             assert msg["id"] == after[0] and msg["data"] == "after"
 
     # An id of the lost epoch gets a clean reset; one of the new epoch recovers.
     async with ws_connect(a.url("native", f"/ws?topic=rr.%3E&since={before[-1]}", "ws")) as ws:
-        assert (await read(ws, 1))[0] == {"op": "reset", "topic": "rr.>", "reason": "history_gap"}
+        assert (await read(ws, 1))[0] == {"op": "reset", "topic": "rr.>", "reason": "history_gap",
+                                          "position": after[0]}
     more = await publish_many(a.base, [{"topic": "rr.t", "data": i} for i in range(3)])
     async with ws_connect(b.url("native", f"/ws?topic=rr.%3E&since={after[0]}", "ws")) as ws:
         assert [m["id"] for m in await read(ws, 3)] == more

@@ -57,6 +57,7 @@ CLOSE_INTERNAL = 1011
 CLOSE_TRY_LATER = 1013
 CLOSE_AUTH = 4401
 CLOSE_SLOW = 4408
+CLOSE_NO_PONG = 4410  # SPEC 10: dropped for missing pongs, with a close frame
 
 OPEN, CLOSING, CLOSED = "open", "closing", "closed"
 

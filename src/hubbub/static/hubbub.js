@@ -20,7 +20,9 @@
  * the id of the last message it saw and hands it back on every reconnect, on
  * every transport, so nothing kept in the hub's history is missed or repeated.
  * When the history no longer reaches back that far the hub says `reset` and
- * the page should reload its state.
+ * the page should reload its state. Ids are handed back, never compared: after
+ * Redis lost its data a new epoch's ids may sort below the old ones
+ * (docs/protocol.md).
  */
 var hubbub = (function () {
   "use strict";
@@ -506,8 +508,11 @@ var hubbub = (function () {
 
   Client.prototype._hubEvent = function (name, payload, eventId) {
     if (name === "reset") {
-      // The hub's history no longer covers our last id. When it says where
-      // "now" is, resume from there; otherwise keep the old id, so a later
+      // The hub's history no longer covers our last id. It says where "now"
+      // is (WS position, SSE id, poll last_id): resume from there. After
+      // Redis lost its data that is the start of a new epoch, whose ids may
+      // sort below the old ones: ids are never ordered, only handed back
+      // (docs/protocol.md). Without one, keep the old id, so a later
       // reconnect asks again and gets another reset rather than a silent gap.
       if (eventId) this.lastEventId = eventId;
       var topics = payload.topics || (payload.topic ? [payload.topic] : []);
@@ -620,6 +625,10 @@ var hubbub = (function () {
         // hello: by then the handshake's subscriptions are in place.
         var hello = token ? {op: "auth", token: token} : {op: "ping"};
         self.request(hello).then(function () {
+          // Unasked, this tells the hub that this client answers its pings
+          // (onMessage): on the ASGI port, where the hub cannot see protocol
+          // pongs, a page that freezes is then dropped within PRESENCE_TTL.
+          self.send({op: "pong"});
           return self.subscribeWithOptions(since);
         }).then(function () { self.becomeReady({}); }, function (error) {
           self.fail({code: error.code, reason: error.reason});
@@ -718,7 +727,8 @@ var hubbub = (function () {
     if (op === "pong" || op === "ack") return;
     if (this.probe) return;
     if (op === "error") { client._emit("error", {code: frame.code, reason: frame.reason}); return; }
-    if (HUB_EVENTS.indexOf(op) >= 0) { client._hubEvent(op, payloadOf(frame), frame.id); return; }
+    // A reset's position is where to resume from (SSE's reset carries it as its id).
+    if (HUB_EVENTS.indexOf(op) >= 0) { client._hubEvent(op, payloadOf(frame), frame.position); return; }
     // Unknown ops are ignored: a newer hub may say more than this client knows.
   };
 

@@ -1,8 +1,14 @@
 """The transports of ASGI streams: SSE, WebSocket and a long-poll answer.
 
 Under Granian a ``send`` to a gone client does not raise, so each stream
-watches ``receive()`` for the disconnect; and Granian hides WS ping/pong from
-the app, so liveness is app-level (``{"op":"ping"}`` from the hub).
+watches ``receive()`` for the disconnect; and WS liveness is app-level
+(``{"op":"ping"}`` from the hub), because Granian keeps protocol pings to
+itself (its src/asgi/io.rs, and seen with granian 2.8.7): it answers a
+client's ping and drops pongs inside ``receive()``, and ``send`` takes only
+text, bytes (a binary data frame) or a close, with no ASGI extension for
+pings. Nor does backpressure tell a peer that stopped reading: ``send``
+waits only once the kernel buffers are full (about 4 MB on loopback), which
+pings never fill.
 """
 from __future__ import annotations
 
@@ -12,16 +18,17 @@ import time
 from collections import deque
 
 from .. import wire
-from ..core.connection import CLOSE_INTERNAL, CLOSE_SHUTDOWN, HIGH_WATER, Connection
+from ..core.connection import CLOSE_INTERNAL, CLOSE_NO_PONG, HIGH_WATER, Connection
 from .streams import SSEHeartbeat
 
 log = logging.getLogger("hubbub.asgi")
 
-# A client that answered one hub ping and then stays silent this many
-# liveness periods is taken for dead; the check runs every period, so it is
-# closed within 3 periods, which is at most PRESENCE_TTL. (A client that never
-# answers pings, such as a bare listener, is left to TCP: the app cannot tell
-# it from a dead one.)
+# A client that speaks pong (it answered a hub ping, or said so at connect as
+# hubbub.js and the Python client do) and then stays silent this many liveness
+# periods is taken for dead or frozen; the check runs every period, so it is
+# closed (4410) within 3 periods, which is at most PRESENCE_TTL. A client that
+# never speaks pong, such as a bare `websockets` listener, is left to TCP: its
+# protocol pongs never reach the app, so it cannot be told from a frozen one.
 MISSED_PINGS_BEFORE_CLOSE = 2
 
 
@@ -118,7 +125,7 @@ class ASGIWebSocket(ASGISender):
         self.text_of = text_of
         self.receiving: asyncio.Future | None = None  # the reader's pending receive()
         self.last_seen = time.monotonic()  # when the client last sent a frame
-        self.answers_pings = False  # it sent {"op":"pong"} once: silence now means dead
+        self.answers_pings = False  # it sent {"op":"pong"} once: silence now means dead or frozen
 
     async def send_data(self, data: bytes) -> None:
         # ASGI wants str for a text frame; one-message batches are the bytes
@@ -134,16 +141,16 @@ class ASGIWebSocket(ASGISender):
         await self.send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
     def pong(self) -> None:
-        """The client answered a hub ping with ``{"op":"pong"}``: from now on
-        its silence means it is gone. Any other frame proves nothing: a
-        client that publishes now and then may simply not speak pong."""
+        """The client sent ``{"op":"pong"}`` (an answer, or unasked at connect):
+        from now on its silence means it is gone. Any other frame proves
+        nothing: a client that publishes now and then may not speak pong."""
         self.answers_pings = True
 
     def heartbeat(self, idle: bool) -> None:
         # Granian hides protocol pings from the app: liveness is app-level.
         now = time.monotonic()
         if self.answers_pings and now - self.last_seen > self.interval * MISSED_PINGS_BEFORE_CLOSE:
-            self.conn.close(CLOSE_SHUTDOWN, "no answer to pings")
+            self.conn.close(CLOSE_NO_PONG, "no pong")
             return
         # Ping a client that has been silent a period even while we write to
         # it: liveness is about what it sends, not about what we send.

@@ -257,7 +257,9 @@ class WSSession:
 
     def op_pong(self, msg: dict, request_id: Any) -> None:
         # The answer to the hub's app-level ping (ASGI port, where Granian
-        # hides protocol pings): the client speaks pong, so its liveness counts.
+        # hides protocol pings), or sent unasked at connect (hubbub.js, the
+        # Python client): the client speaks pong, so from now on its silence
+        # closes it (4410). Never answered: a pong needs no reply.
         pong = getattr(self.conn.transport, "pong", None)
         if pong is not None:
             pong()
