@@ -27,7 +27,7 @@ ALLOWED_HEADERS = "Authorization, Content-Type, Last-Event-ID, Idempotency-Key"
 MAX_AGE = "600"  # seconds a browser may cache a preflight answer
 # /publish is server-to-server (API key): it gets no CORS, so a page can
 # never be handed the power to publish with a key it should not hold.
-BROWSER_PATHS = ("/sse", "/poll", "/notifications", "/hubbub.js")
+BROWSER_PATHS = ("/sse", "/poll", "/notifications", "/hubbub.js", "/hubbub.mjs")
 BROWSER_PREFIXES = ("/notifications/", "/presence/")
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 

@@ -72,7 +72,7 @@ async def test_sse_stream_carries_cors_headers_only_for_a_listed_origin(secured,
 
 
 @pytest.mark.parametrize("path", ["/poll?topic=public.x", "/notifications", "/notifications/7/read",
-                                  "/presence/public.x", "/hubbub.js"])
+                                  "/presence/public.x", "/hubbub.js", "/hubbub.mjs"])
 def test_every_browser_endpoint_answers_preflight(secured, path):
     granted = preflight(secured.url("asgi", path), LISTED)
     assert granted.status_code == 204 and granted.headers["access-control-allow-origin"] == LISTED
