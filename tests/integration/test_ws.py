@@ -153,17 +153,21 @@ async def test_hub_pings_idle_connections(hub, port_kind):
 
 
 async def test_native_port_pings_and_drops_a_peer_that_never_pongs(hub):
-    """Protocol-level liveness on the fast port: a silent peer is pinged, then dropped."""
+    """Protocol-level liveness on the fast port: a silent peer is pinged, then dropped
+    with a close frame that says why (SPEC 10: 4410 no pong)."""
     from picows import WSListener, WSMsgType, ws_connect as picows_connect
 
     class Silent(WSListener):
         def __init__(self):
             self.pings = 0
+            self.close_code = None
             self.gone = asyncio.get_running_loop().create_future()
 
         def on_ws_frame(self, transport, frame):
             if frame.msg_type == WSMsgType.PING:
                 self.pings += 1
+            elif frame.msg_type == WSMsgType.CLOSE:
+                self.close_code = frame.get_close_code()
 
         def on_ws_disconnected(self, transport):
             self.gone.set_result(True)
@@ -175,6 +179,7 @@ async def test_native_port_pings_and_drops_a_peer_that_never_pongs(hub):
     finally:
         transport.disconnect()
     assert listener.pings >= 1
+    assert listener.close_code == 4410
 
 
 async def test_client_disconnect_frees_subscriptions(hub, port_kind):

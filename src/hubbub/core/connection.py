@@ -77,8 +77,11 @@ class Transport(Protocol):
     def close(self, code: int, reason: str) -> None:
         """End the stream after what was written (WS: a close frame with ``code``)."""
 
-    def heartbeat(self, idle: bool) -> None:
-        """Called every HEARTBEAT seconds; ``idle``: nothing was written since the last call."""
+    def heartbeat(self, idle: bool) -> bool | None:
+        """Called every liveness period; ``idle``: nothing was written since the last call.
+
+        False: the peer left the last ping unanswered, and the connection is
+        closed with a close frame saying so (4410 ``no pong``)."""
 
 
 class Connection:
@@ -177,7 +180,9 @@ class Connection:
 
     def heartbeat(self) -> None:
         if self.state is OPEN:
-            self.transport.heartbeat(not self.wrote)
+            if self.transport.heartbeat(not self.wrote) is False:
+                self.close(CLOSE_NO_PONG, "no pong")
+                return
             self.wrote = False
 
     # -- closing -------------------------------------------------------------

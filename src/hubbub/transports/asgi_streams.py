@@ -18,7 +18,7 @@ import time
 from collections import deque
 
 from .. import wire
-from ..core.connection import CLOSE_INTERNAL, CLOSE_NO_PONG, HIGH_WATER, Connection
+from ..core.connection import CLOSE_INTERNAL, HIGH_WATER, Connection
 from .streams import SSEHeartbeat
 
 log = logging.getLogger("hubbub.asgi")
@@ -146,12 +146,11 @@ class ASGIWebSocket(ASGISender):
         nothing: a client that publishes now and then may not speak pong."""
         self.answers_pings = True
 
-    def heartbeat(self, idle: bool) -> None:
+    def heartbeat(self, idle: bool) -> bool | None:
         # Granian hides protocol pings from the app: liveness is app-level.
         now = time.monotonic()
         if self.answers_pings and now - self.last_seen > self.interval * MISSED_PINGS_BEFORE_CLOSE:
-            self.conn.close(CLOSE_NO_PONG, "no pong")
-            return
+            return False  # the connection closes it: 4410 no pong
         # Ping a client that has been silent a period even while we write to
         # it: liveness is about what it sends, not about what we send.
         if idle or now - self.last_seen >= self.interval:

@@ -324,16 +324,17 @@ class NativeWSTransport:
         # cutting the socket now could reset it before it reads our close frame.
         asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.ws.disconnect)
 
-    def heartbeat(self, idle: bool) -> None:
+    def heartbeat(self, idle: bool) -> bool | None:
         """Protocol-level liveness: a peer silent for a round is pinged; one
-        that has not answered by the next round is taken for dead."""
+        that has not answered by the next round is taken for dead (False: the
+        connection closes it with 4410, then the socket goes after CLOSE_TIMEOUT)."""
         if self.awaiting_pong:
-            self.ws.disconnect()
-            return
+            return False
         if not self.heard:
             self.ws.send_ping()
             self.awaiting_pong = True
         self.heard = False
+        return None
 
 
 class _WSHandler(WakesWriter, WSListener):
