@@ -102,6 +102,36 @@ def test_a_bad_listing_query_is_a_400_naming_it(query, field):
     assert caught.value.code == 400 and f"'{field}'" in caught.value.reason
 
 
+@pytest.mark.parametrize("field", ["user", "title", "message"])
+@pytest.mark.parametrize("bad, problem", [("a\x00b", "NUL"), ("a\ud800b", "surrogate")])
+def test_text_no_store_can_keep_is_a_400_naming_the_field(field, bad, problem):
+    """Refused before any store sees it, so SQLite and PostgreSQL refuse alike
+    (PostgreSQL's text cannot hold NUL; no driver encodes a lone surrogate)."""
+    with pytest.raises(HubError) as caught:
+        validate.notification({**GOOD, field: bad}, LIMIT)
+    assert caught.value.code == 400
+    assert caught.value.reason.startswith(f"'{field}'") and problem in caught.value.reason
+
+
+@pytest.mark.parametrize("field, value", [("level", "info\x00"), ("priority", "normal\x00"),
+                                          ("level", "\x00"), ("priority", "high\ud800")])
+def test_enumerated_fields_refuse_nul_too(field, value):
+    with pytest.raises(HubError) as caught:
+        validate.notification({**GOOD, field: value}, LIMIT)
+    assert caught.value.code == 400 and f"'{field}'" in caught.value.reason
+
+
+def test_a_nul_inside_data_is_fine():
+    """``data`` is kept as JSON text: a NUL in it is the six characters \\u0000."""
+    new = validate.notification({**GOOD, "data": {"k\x00": "v\x00"}}, LIMIT)
+    assert new.data == {"k\x00": "v\x00"}
+
+
+def test_storable_user_ids():
+    assert validate.storable("alice") and validate.storable("ü")
+    assert not validate.storable("al\x00ice") and not validate.storable("\udc80")
+
+
 def test_config_defaults():
     config = Config()
     assert config.notification_ttl == 30 * 86400

@@ -187,6 +187,40 @@ async def test_a_store_that_is_down_costs_only_the_inbox(tmp_path):
         hub.stop()
 
 
+@pytest.mark.parametrize("field", ["user", "title", "message", "level", "priority"])
+def test_a_nul_no_store_can_keep_is_a_400_naming_the_field(inbox_hub, field):
+    body = {"user": "nul-user", "title": "t", "message": "m", field: "a\x00b"}
+    response = httpx.post(inbox_hub.base + "/notifications", json=body, headers=KEY, timeout=10)
+    assert response.status_code == 400, response.text
+    assert response.json()["reason"].startswith(f"'{field}'")
+
+
+def test_a_nul_inside_data_is_stored_and_comes_back(inbox_hub):
+    data = {"k\x00": "a\x00b"}
+    created = create(inbox_hub, "nul-data", data=data)
+    assert created.status_code == 201 and created.json()["data"] == data
+    listing = httpx.get(inbox_hub.base + "/notifications", headers=bearer(token("nul-data")), timeout=10)
+    assert listing.json()["notifications"][0]["data"] == data
+
+
+async def test_a_token_sub_with_a_nul_has_an_empty_inbox(inbox_hub, port_kind):
+    """Nothing can be created for such a user, so it has nothing; never a 503."""
+    hub, sub = inbox_hub, f"nul\x00{port_kind}"
+    someone = create(hub, f"someone-{port_kind}").json()
+    odd = bearer(token(sub))
+    listing = httpx.get(hub.base + "/notifications", headers=odd, timeout=10)
+    assert (listing.status_code, listing.json()) == \
+        (200, {"notifications": [], "unread_count": 0, "next_before": None})
+    all_read = httpx.post(hub.base + "/notifications/read-all", headers=odd, timeout=10)
+    assert (all_read.status_code, all_read.json()) == (200, {"marked_read": 0, "unread_count": 0})
+    assert httpx.post(hub.base + f"/notifications/{someone['id']}/read", headers=odd,
+                      timeout=10).status_code == 404
+    assert httpx.delete(hub.base + f"/notifications/{someone['id']}", headers=odd,
+                        timeout=10).status_code == 404
+    async with ws_connect(hub.url(port_kind, f"/ws?token={token(sub)}", "ws")) as ws:
+        assert (await ws_next(ws, "unread_count"))["data"] == {"count": 0}
+
+
 async def test_hub_notify_from_application_code(tmp_path):
     """``await hub.notify(...)`` stores and delivers like the endpoint (embedded hub)."""
     config = Config.from_env({**SECURED_ENV, "HUBBUB_STORE": f"sqlite:///{tmp_path}/app.db"})
