@@ -275,3 +275,17 @@ async def test_a_token_sub_no_store_can_keep_has_an_empty_inbox(api, sub):
     _, mine, _ = await api.call("GET", "/notifications", user="alice")
     assert mine["notifications"] == [theirs]
 
+
+async def test_a_store_fault_is_a_500_that_says_so(api):
+    store = api.inbox.store
+    sql = "DROP TABLE hubbub_notifications"
+    if hasattr(store, "_pool"):
+        async with store._pool.connection() as conn:
+            await conn.execute(sql)
+    else:
+        await store._run(lambda: store._db.execute(sql))
+    status, answer, _ = await api.call("GET", "/notifications", user="alice")
+    assert status == 500 and answer["reason"].startswith("notification store failed: ")
+    status, answer, _ = await api.call("POST", "/notifications", key=API_KEY,
+                                       body={"user": "alice", "title": "t", "message": "m"})
+    assert status == 500 and "hubbub_notifications" in answer["reason"]

@@ -1,19 +1,30 @@
 """The notification inbox (SPEC 8) through the real server: every endpoint on
 SQLite and on the real PostgreSQL, live events on every transport of the
-user (and of nobody else), restarts, a store that is down, and ``hub.notify``."""
+user (and of nobody else), restarts, input no store can keep (400), a store
+that refuses a row (500) or is locked too long (503), a store that is down,
+and ``hub.notify``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from hubbub import Hub
 from hubbub.config import Config
+from tests.inbox.conftest import with_libpq_option
 
 from .helpers_user import KEY, SECURED_ENV, SSEReader, bearer, postgres_schema, ws_next, ws_quiet
 from .server import HubProcess, ws_connect
 from .tokens import token
+
+# How long a write of the PostgreSQL hub waits for a lock (a setting of its
+# URL, as an operator would set it); SQLite's store waits its BUSY_TIMEOUT.
+LOCK_TIMEOUT_MS = 2000
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -25,15 +36,31 @@ def inbox_hub(request, tmp_path_factory):
         process.stop()
         return
     with postgres_schema() as url:
+        url = with_libpq_option(url, f"lock_timeout={LOCK_TIMEOUT_MS}")
         process = HubProcess(dev=False, env={**SECURED_ENV, "HUBBUB_STORE": url})
         process.start(tmp_path_factory.mktemp("postgres"))
         yield process
         process.stop()
 
 
+@contextlib.contextmanager
+def store_database(hub: HubProcess):
+    """A connection of our own to the hub's store (SQLite file or PostgreSQL
+    schema), outside any transaction until the test begins one."""
+    url = hub.env.get("HUBBUB_STORE")
+    if url is None:  # the default sqlite:///hubbub.db, in the hub's data dir
+        db = sqlite3.connect(Path(hub.env["HUBBUB_DATA_DIR"]) / "hubbub.db", isolation_level=None)
+    else:
+        db = psycopg.connect(url, autocommit=True, connect_timeout=5)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
 def create(hub, user: str, title: str = "Payment", **fields) -> httpx.Response:
     body = {"user": user, "title": title, "message": fields.pop("message", "Received"), **fields}
-    return httpx.post(hub.base + "/notifications", json=body, headers=KEY, timeout=10)
+    return httpx.post(hub.base + "/notifications", json=body, headers=KEY, timeout=30)
 
 
 def test_the_whole_lifecycle_over_http(inbox_hub):
@@ -219,6 +246,53 @@ async def test_a_token_sub_with_a_nul_has_an_empty_inbox(inbox_hub, port_kind):
                         timeout=10).status_code == 404
     async with ws_connect(hub.url(port_kind, f"/ws?token={token(sub)}", "ws")) as ws:
         assert (await ws_next(ws, "unread_count"))["data"] == {"count": 0}
+
+
+def test_a_row_the_database_refuses_is_a_500_with_its_traceback_logged(inbox_hub):
+    """A rule of the database's own refuses one title (a trigger, a CHECK):
+    nothing is unavailable, so no 503 invites a retry of what fails alike."""
+    hub = inbox_hub
+    with store_database(hub) as db:
+        if isinstance(db, sqlite3.Connection):
+            db.execute("CREATE TRIGGER refuse BEFORE INSERT ON hubbub_notifications"
+                       " WHEN NEW.title = 'refused-by-db'"
+                       " BEGIN SELECT RAISE(ABORT, 'refused by a rule'); END")
+            undo = "DROP TRIGGER refuse"
+        else:
+            db.execute("ALTER TABLE hubbub_notifications"
+                       " ADD CONSTRAINT refuse CHECK (title <> 'refused-by-db')")
+            undo = "ALTER TABLE hubbub_notifications DROP CONSTRAINT refuse"
+        try:
+            refused = create(hub, "rule-user", "refused-by-db")
+            assert refused.status_code == 500, refused.text
+            reason = refused.json()["reason"]  # SQLite's IntegrityError, psycopg's CheckViolation
+            assert reason.startswith("notification store failed: ") and "refuse" in reason, reason
+            assert "IntegrityError" in reason or "CheckViolation" in reason, reason
+            assert create(hub, "rule-user", "fine").status_code == 201  # the store answers the rest
+        finally:
+            db.execute(undo)
+    output = hub.output()
+    assert "notification store failed (answered 500)" in output and "Traceback" in output
+
+
+def test_a_store_locked_too_long_is_a_503_then_answers_again(inbox_hub):
+    """Someone else holds the write lock longer than a write waits (SQLite's
+    busy timeout, PostgreSQL's lock_timeout): unavailable, worth a retry."""
+    hub = inbox_hub
+    with store_database(hub) as db:
+        if isinstance(db, sqlite3.Connection):
+            db.execute("BEGIN EXCLUSIVE")
+        else:
+            db.autocommit = False
+            db.execute("LOCK TABLE hubbub_notifications IN ACCESS EXCLUSIVE MODE")
+        try:
+            locked = create(hub, "lock-user", "waits")
+            assert locked.status_code == 503, locked.text
+            assert locked.json()["reason"].startswith("notification store unavailable: ")
+            assert "lock" in locked.json()["reason"]
+        finally:
+            db.rollback()  # the lock goes
+    assert create(hub, "lock-user", "free").status_code == 201
 
 
 async def test_hub_notify_from_application_code(tmp_path):

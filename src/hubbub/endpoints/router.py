@@ -7,6 +7,7 @@ endpoint reads its body only when it wants one, and under its own limit.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 ReadBody = Callable[[int], Awaitable[bytes]]
 STREAM_PATHS = ("/sse", "/poll")  # GET streams; any other method is a 405 here
 
+log = logging.getLogger("hubbub")
+
 
 class Router:
     def __init__(self, *, dev: bool, publish: "PublishEndpoint", presence: "PresenceEndpoint",
@@ -42,6 +45,11 @@ class Router:
             return await self._answer(method, path, request, read_body)
         except HubError as error:  # a body over its limit, or cut short
             return error_response(error)
+        except Exception:
+            # A bug of ours: a 500 that says so (and a traceback in the log),
+            # never an answer that blames something else.
+            log.exception("%s %s failed", method, path)
+            return error_response(HubError(500, "internal error"))
 
     async def _answer(self, method: str, path: str, request: "Request", read_body: ReadBody) -> Response:
         if self.notifications.handles(path):
