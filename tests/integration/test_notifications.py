@@ -1,13 +1,17 @@
 """The notification inbox (SPEC 8) through the real server: every endpoint on
 SQLite and on the real PostgreSQL, live events on every transport of the
 user (and of nobody else), restarts, input no store can keep (400), a store
-that refuses a row (500) or is locked too long (503), a store that is down,
-and ``hub.notify``."""
+that refuses a row (500) or is locked too long (503), a store that is down
+or whose driver is missing (not ready, still alive), and ``hub.notify``."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -19,8 +23,9 @@ from hubbub.config import Config
 from tests.inbox.conftest import with_libpq_option
 
 from .helpers_user import KEY, SECURED_ENV, SSEReader, bearer, postgres_schema, ws_next, ws_quiet
-from .server import HubProcess, ws_connect
+from .server import STARTUP_TIMEOUT, HubProcess, free_port_pair, ws_connect
 from .tokens import token
+from .unready import UnreadyHubProcess
 
 # How long a write of the PostgreSQL hub waits for a lock (a setting of its
 # URL, as an operator would set it); SQLite's store waits its BUSY_TIMEOUT.
@@ -198,13 +203,23 @@ async def test_a_restart_keeps_notifications_and_counts(tmp_path):
         hub.stop()
 
 
-async def test_a_store_that_is_down_costs_only_the_inbox(tmp_path):
+async def test_a_store_that_is_down_costs_the_inbox_and_readiness_never_liveness(tmp_path):
     # Nothing listens on port 1: the store never opens.
-    hub = HubProcess(dev=False, env={**SECURED_ENV,
-                                     "HUBBUB_STORE": "postgresql://postgres@127.0.0.1:1/test"}).start(tmp_path)
+    down = "postgresql://postgres@127.0.0.1:1/test"
+    hub = UnreadyHubProcess(dev=False, env={**SECURED_ENV, "HUBBUB_STORE": down}).start(tmp_path)
     try:
+        for kind in ("asgi", "native"):
+            for path in ("/readyz", "/healthz"):  # a load balancer routes elsewhere
+                answer = httpx.get(hub.url(kind, path), timeout=10)
+                assert answer.status_code == 503, (kind, path)
+                assert answer.json()["status"] == "store_unavailable"
+                assert answer.json()["reason"].startswith(f"cannot connect to PostgreSQL at {down}")
+            alive = httpx.get(hub.url(kind, "/livez"), timeout=10)  # an orchestrator restarts nothing
+            assert alive.status_code == 200 and alive.json()["status"] == "alive"
         response = httpx.get(hub.base + "/notifications", headers=bearer(token("down")), timeout=10)
-        assert response.status_code == 503 and "store unavailable" in response.json()["reason"]
+        assert response.status_code == 503
+        assert response.json()["reason"].startswith(f"notification store unavailable: cannot connect to"
+                                                    f" PostgreSQL at {down}")
         assert create(hub, "down").status_code == 503
         async with ws_connect(hub.url("asgi", f"/ws?token={token('down')}&topic=public.down", "ws")) as ws:
             [event_id] = hub.publish({"topic": "public.down", "data": 1}, headers=KEY)
@@ -212,6 +227,61 @@ async def test_a_store_that_is_down_costs_only_the_inbox(tmp_path):
         assert "notification store unavailable" in hub.output()
     finally:
         hub.stop()
+
+
+EMBEDDED = """
+import asyncio, sys
+from hubbub import Hub
+from hubbub.config import Config
+
+async def main():
+    # The application's own Config: no start-up check stands between it and the store.
+    hub = Hub(Config(store=sys.argv[1], dev=True))
+    await hub.listen("127.0.0.1", int(sys.argv[2]))
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_psycopg_without_psycopg_pool_names_psycopg_pool(tmp_path):
+    """psycopg is installed, psycopg_pool is not (here: Python is told it is
+    absent, as ``sys.modules[name] = None`` does). ``hubbub serve`` refuses to
+    start on that (test_cli.py); a hub an application embeds with its own
+    Config names the module that is missing, is not ready, and stays alive.
+    The database itself is up: the missing module is all that is wrong."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text('import sys\n\nsys.modules["psycopg_pool"] = None\n')
+    (tmp_path / "embedded.py").write_text(EMBEDDED)
+    port = free_port_pair()
+    with postgres_schema() as url, open(tmp_path / "embedded.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, str(tmp_path / "embedded.py"), url, str(port)],
+                                   env={**os.environ, "PYTHONPATH": str(site)}, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while True:
+                assert process.poll() is None, (tmp_path / "embedded.log").read_text()
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(base + "/livez", timeout=1).status_code == 200:
+                        break
+                assert time.monotonic() < deadline, "the embedded hub never answered /livez"
+                time.sleep(0.1)
+            expected = ("a postgresql:// store needs the module 'psycopg_pool', which cannot be imported"
+                        " (import of psycopg_pool halted; None in sys.modules):"
+                        " pip install 'hubbub[postgres]'")
+            for path in ("/readyz", "/healthz"):
+                ready = httpx.get(base + path, timeout=10)
+                assert ready.status_code == 503, ready.text
+                assert ready.json()["status"] == "store_unavailable" and ready.json()["reason"] == expected
+            assert httpx.get(base + "/livez", timeout=10).json()["status"] == "alive"
+            output = (tmp_path / "embedded.log").read_text()
+            assert f"notification store unavailable: {expected}" in output and "needs psycopg:" not in output
+        finally:
+            process.terminate()
+            process.wait(10)
 
 
 @pytest.mark.parametrize("field", ["user", "title", "message", "level", "priority"])

@@ -4,6 +4,9 @@ Streams (``GET /sse``, ``GET /poll``, ``/ws``, ``GET /dashboard/stream``)
 are the transports' to serve; every other request comes here with a body
 reader (``read_body(limit)``, raising HubError 413 past ``limit``), so an
 endpoint reads its body only when it wants one, and under its own limit.
+
+The fast port serves streams only, but answers the probes (``health``) too,
+through the same ``HealthEndpoints``.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from .static import static_response
 
 if TYPE_CHECKING:
     from ..auth import Request
+    from .health import HealthEndpoints
     from .notifications import NotificationsGate
     from .operations import OperationsEndpoints
     from .presence import PresenceEndpoint
@@ -32,7 +36,7 @@ log = logging.getLogger("hubbub")
 class Router:
     def __init__(self, *, dev: bool, publish: "PublishEndpoint", presence: "PresenceEndpoint",
                  notifications: "NotificationsGate", operations: "OperationsEndpoints",
-                 health: Callable[[], Response]) -> None:
+                 health: "HealthEndpoints") -> None:
         self.dev = dev
         self.publish = publish
         self.presence = presence
@@ -64,10 +68,8 @@ class Router:
             if method != "POST":
                 return not_allowed(method, path, "POST")
             return await self.publish(request, await read_body(publish.MAX_BODY))
-        if path == "/healthz":
-            if method not in ("GET", "HEAD"):
-                return not_allowed(method, path, "GET, HEAD")
-            return self.health()
+        if self.health.handles(path):
+            return self.health.answer(method, path)
         if self.operations.handles(path):
             answer = self.operations.answer(method, path, request)
             return answer if answer is not None else not_allowed(method, path, "GET")

@@ -16,8 +16,20 @@ from .store import (COLUMNS, NewNotification, NotificationStore, StoreError, Sto
 try:
     import psycopg
     from psycopg_pool import AsyncConnectionPool
-except ImportError:  # pragma: no cover - the extra is missing
+except ImportError as error:  # the extra is missing, or only part of it
     psycopg = None
+    _import_error: ImportError | None = error
+else:
+    _import_error = None
+
+
+def _missing_driver(error: ImportError) -> str:
+    """Names the module that is missing, as the ImportError does: psycopg
+    installed without psycopg_pool is not "needs psycopg"."""
+    what = f"the module {error.name!r}" if error.name else "its driver"
+    return (f"a postgresql:// store needs {what}, which cannot be imported ({error}):"
+            " pip install 'hubbub[postgres]'")
+
 
 POOL_MIN = 1
 POOL_MAX = 10
@@ -57,8 +69,8 @@ class PostgresStore(NotificationStore):
                  connect_timeout: float = CONNECT_TIMEOUT) -> None:
         super().__init__(ttl=ttl, max_per_user=max_per_user)
         self.connect_timeout = connect_timeout
-        if psycopg is None:
-            raise StoreUnavailable("a postgresql:// store needs psycopg: pip install 'hubbub[postgres]'")
+        if _import_error is not None:
+            raise StoreUnavailable(_missing_driver(_import_error))
         self.url = url
         self._pool: AsyncConnectionPool | None = None
 
