@@ -89,7 +89,7 @@ class NotificationEndpoints:
     async def list(self, request: "Request") -> Response:
         try:
             user = await self._user(request)
-            unread, limit, before = validate.listing_query(request.query)
+            unread, limit, before = validate.listing_query(request)
             records = await self.inbox.list(user, unread_only=unread, limit=limit, before=before)
             count = await self.inbox.unread_count(user)
         except HubError as error:

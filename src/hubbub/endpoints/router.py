@@ -47,7 +47,7 @@ class Router:
     async def answer(self, method: str, path: str, request: "Request", read_body: ReadBody) -> Response:
         try:
             return await self._answer(method, path, request, read_body)
-        except HubError as error:  # a body over its limit, or cut short
+        except HubError as error:  # a body over its limit, or cut short, or a repeated parameter
             return error_response(error)
         except Exception:
             # A bug of ours: a 500 that says so (and a traceback in the log),

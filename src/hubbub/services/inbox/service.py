@@ -146,7 +146,7 @@ class Inbox:
                    before: str | int | None = None) -> list[dict[str, Any]]:
         """Newest first; ``before`` (a record's id) continues after that record."""
         if isinstance(before, str):
-            before = validate.listing_query({"before": [before]})[2]
+            before = validate.before_id(before)
         if not validate.storable(user):
             return []
         return await self._timed("list", self.store.list(user, unread_only=unread_only, limit=limit,

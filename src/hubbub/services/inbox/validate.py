@@ -131,30 +131,31 @@ def _data(value: Any, limit: int) -> Any:
     return value
 
 
-def listing_query(query) -> tuple[bool, int, int | None]:
-    """``GET /notifications``'s ``unread``, ``limit`` and ``before`` (as the store's id)."""
-    def first(name: str) -> str | None:
-        values = query.get(name)
-        return values[0] if values else None
-
-    raw_unread = first("unread")
+def listing_query(request) -> tuple[bool, int, int | None]:
+    """``GET /notifications``'s ``unread``, ``limit`` and ``before`` (as the
+    store's id), each read with ``request.first`` (a repeated one is a 400)."""
+    raw_unread = request.first("unread")
     if raw_unread is None or raw_unread.lower() in ("", "0", "false", "no"):
         unread = False
     elif raw_unread.lower() in ("1", "true", "yes"):
         unread = True
     else:
         raise _bad("unread", f"must be 1 or 0, got {raw_unread!r}")
-    raw_limit = first("limit")
+    raw_limit = request.first("limit")
     if raw_limit is None:
         limit = LIMIT_DEFAULT
     else:
         limit = int(raw_limit) if raw_limit.isascii() and raw_limit.isdigit() else 0
         if not 1 <= limit <= LIMIT_MAX:
             raise _bad("limit", f"must be an integer from 1 to {LIMIT_MAX}, got {raw_limit!r}")
-    raw_before = first("before")
-    before = None
-    if raw_before is not None:
-        before = parse_id(raw_before)
-        if before is None:
-            raise _bad("before", f"must be a notification id, got {raw_before!r}")
-    return unread, limit, before
+    return unread, limit, before_id(request.first("before"))
+
+
+def before_id(raw: str | None) -> int | None:
+    """A listing's ``before`` (a record's id) as the store's id; None when absent."""
+    if raw is None:
+        return None
+    before = parse_id(raw)
+    if before is None:
+        raise _bad("before", f"must be a notification id, got {raw!r}")
+    return before
