@@ -21,7 +21,7 @@ from .backplane import broker_for
 from .config import Config
 from .core.connection import CLOSE_SHUTDOWN, Connection, Transport
 from .core.hub import HubCore
-from .endpoints.health import health
+from .endpoints.health import HealthEndpoints
 from .endpoints.notifications import NotificationsGate
 from .endpoints.operations import OperationsEndpoints
 from .endpoints.presence import PresenceEndpoint
@@ -70,7 +70,9 @@ class Hub:
         self.router = Router(dev=config.dev, publish=PublishEndpoint(core, auth),
                              presence=PresenceEndpoint(auth, self.presence),
                              notifications=self.notifications, operations=self.operations,
-                             health=lambda: health(core, self.started))
+                             # Ready once started, with the backplane up and the store open.
+                             health=HealthEndpoints(core, lambda: self.started,
+                                                    self.notifications.unavailable))
         self.streams = Streams(config, core, auth, self.presence)
         # -- lifecycle
         self.started = False
@@ -168,15 +170,15 @@ class Hub:
         """Open the notification store; False (logged) when it cannot be opened.
 
         A store that is down does not keep the hub from serving publications:
-        /notifications answers 503 while the hub keeps trying."""
+        /notifications (and /readyz) answer 503 while the hub keeps trying."""
         try:
             inbox = Inbox.from_config(self.config, emit=self.user_events.emit,
                                       observe=self.telemetry.observe_store)
             await inbox.start()
         except Exception as error:
-            self.notifications.error = str(getattr(error, "reason", None) or error)
-            log.warning("notification store unavailable: %s; /notifications answers 503 until it"
-                        " opens", self.notifications.error)
+            self.notifications.failed(error)
+            log.warning("notification store unavailable: %s; /notifications and /readyz answer 503"
+                        " until it opens", self.notifications.error)
             return False
         self.inbox = self.unread.inbox = inbox
         self.notifications.open(inbox)

@@ -18,7 +18,7 @@ from typing import Any
 import jwt
 
 from .config import Config
-from .errors import Unauthorized
+from .errors import HubError, Unauthorized
 from .topics import TopicError, validate_pattern
 
 LEEWAY_SECONDS = 10
@@ -71,8 +71,18 @@ class Request:
         return morsel.value if morsel else None
 
     def first(self, name: str) -> str | None:
+        """The value of a query parameter that takes one; None when absent.
+
+        Every single-valued read goes through here. Given more than once it is
+        a HubError 400 naming it: which value was meant would be a guess, and a
+        proxy or a cache in front of the hub may guess otherwise than we do.
+        (``topic`` takes several: read ``query`` for it.)"""
         values = self.query.get(name)
-        return values[0] if values else None
+        if not values:
+            return None
+        if len(values) > 1:
+            raise HubError(400, f"'{name}' given {len(values)} times; it takes one value")
+        return values[0]
 
 
 AuthenticateHook = Callable[[Request], Awaitable["Principal | None"]]

@@ -38,6 +38,13 @@ def _with_search_path(url: str, schema: str) -> str:
     return url + sep + "options=" + urllib.parse.quote(f"-csearch_path={schema}")
 
 
+def with_libpq_option(url: str, setting: str) -> str:
+    """A ``fresh_schema`` URL with one more server setting for its sessions
+    (``lock_timeout=200``), appended to its libpq ``options``."""
+    assert "options=" in url, url
+    return url + urllib.parse.quote(f" -c{setting}")
+
+
 @contextlib.contextmanager
 def fresh_schema(prefix: str = "hubbub_test_"):
     """A fresh schema on the real server, as a store URL; dropped after.

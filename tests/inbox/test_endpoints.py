@@ -11,6 +11,7 @@ import pytest
 from hubbub.auth import Authenticator, Request
 from hubbub.config import Config
 from hubbub.endpoints.notifications import NotificationEndpoints
+from hubbub.errors import HubError
 from hubbub.services.inbox import Inbox
 from tests.integration.tokens import API_KEY, AUDIENCE, SECRET, token
 
@@ -233,3 +234,58 @@ async def test_a_store_that_is_down_answers_503(api):
     status, answer, _ = await api.call("POST", "/notifications", key=API_KEY,
                                        body={"user": "alice", "title": "t", "message": "m"})
     assert status == 503
+
+
+@pytest.mark.parametrize("field", ["user", "title", "message", "level", "priority"])
+@pytest.mark.parametrize("bad", ["a\x00b", "\x00"])
+async def test_a_nul_no_store_can_keep_is_a_400_on_both_stores(api, field, bad):
+    """PostgreSQL's text cannot hold NUL: refused before the store, on SQLite alike."""
+    status, answer, _ = await api.call("POST", "/notifications", key=API_KEY,
+                                       body={"user": "alice", "title": "t", "message": "m", field: bad})
+    assert status == 400 and answer["reason"].startswith(f"'{field}'")
+    assert api.events == []
+
+
+async def test_a_nul_inside_data_is_stored_and_comes_back(api):
+    data = {"k\x00": ["v\x00", "\x00"]}
+    record = await create(api, data=data)
+    assert record["data"] == data
+    _, listing, _ = await api.call("GET", "/notifications", user="alice")
+    assert listing["notifications"][0]["data"] == data
+
+
+@pytest.mark.parametrize("sub", ["al\x00ice", "al\ud800ice"])
+async def test_a_token_sub_no_store_can_keep_has_an_empty_inbox(api, sub):
+    """Nothing can be created for such a user (400), so it has nothing: its reads
+    answer empty and its changes find nothing, and the store is never blamed."""
+    with pytest.raises(HubError) as refused:  # hub.notify's way: JSON cannot carry a lone surrogate
+        await api.inbox.notify(sub, "t", "m")
+    assert refused.value.code == 400 and refused.value.reason.startswith("'user'")
+    theirs = await create(api)  # someone's notification, whose id the odd user tries
+    calls = [("GET", "/notifications", 200, {"notifications": [], "unread_count": 0, "next_before": None}),
+             ("POST", "/notifications/read-all", 200, {"marked_read": 0, "unread_count": 0}),
+             ("POST", f"/notifications/{theirs['id']}/read", 404, None),
+             ("DELETE", f"/notifications/{theirs['id']}", 404, None)]
+    for method, path, expected, body in calls:
+        status, answer, _ = await api.call(method, path, bearer=token(sub))
+        assert status == expected, (method, path, answer)
+        if body is not None:
+            assert answer == body
+    assert await api.inbox.unread_count_in_order(sub) == 0  # what its connections are told
+    _, mine, _ = await api.call("GET", "/notifications", user="alice")
+    assert mine["notifications"] == [theirs]
+
+
+async def test_a_store_fault_is_a_500_that_says_so(api):
+    store = api.inbox.store
+    sql = "DROP TABLE hubbub_notifications"
+    if hasattr(store, "_pool"):
+        async with store._pool.connection() as conn:
+            await conn.execute(sql)
+    else:
+        await store._run(lambda: store._db.execute(sql))
+    status, answer, _ = await api.call("GET", "/notifications", user="alice")
+    assert status == 500 and answer["reason"].startswith("notification store failed: ")
+    status, answer, _ = await api.call("POST", "/notifications", key=API_KEY,
+                                       body={"user": "alice", "title": "t", "message": "m"})
+    assert status == 500 and "hubbub_notifications" in answer["reason"]

@@ -2,11 +2,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import time
+import uuid
 
+import psycopg
+import psycopg_pool
 import pytest
 
 from hubbub.services.inbox import NewNotification, StoreError, open_store
+from hubbub.services.inbox.postgres import POOL_MAX
+from hubbub.services.inbox.sqlite import SqliteStore
+from hubbub.services.inbox.store import StoreFault, StoreUnavailable
+from hubbub.services.inbox.stores import sqlite_path
+
+from .conftest import POSTGRES_URL, with_libpq_option
 
 
 def note(user="alice", title="Hello", message="world", **fields) -> NewNotification:
@@ -276,3 +287,163 @@ async def test_sqlite_runs_off_the_event_loop_thread(tmp_path):
         assert await store._run(lambda: threading.current_thread()) is worker  # always the same one
     finally:
         await store.close()
+
+
+# -- failures: a 503 only when the database is away --------------------------------------
+async def _execute(store, sql: str) -> None:
+    """Run ``sql`` on the store's own connection (a change made under a running store)."""
+    if hasattr(store, "_pool"):
+        async with store._pool.connection() as conn:
+            await conn.execute(sql)
+    else:
+        await store._run(lambda: store._db.execute(sql))
+
+
+async def test_a_value_the_database_refuses_is_a_500_that_blames_no_outage(store, caplog, monkeypatch):
+    # Enabled again: a logging.config run earlier in the session (import-linter's) disables existing loggers.
+    monkeypatch.setattr(logging.getLogger("hubbub.inbox"), "disabled", False)
+    caplog.set_level(logging.ERROR, logger="hubbub.inbox")
+    with pytest.raises(StoreFault) as caught:
+        await store.create(note(), created_at=1 << 70)  # past BIGINT, past SQLite's INTEGER
+    assert caught.value.code == 500
+    assert caught.value.reason.startswith("notification store failed: ")
+    assert "unavailable" not in caught.value.reason
+    logged = [record for record in caplog.records if record.exc_info]
+    assert logged and "answered 500" in logged[0].getMessage()  # with its traceback
+    assert (await store.create(note(title="after")))["title"] == "after"  # the store still answers
+
+
+async def test_a_missing_table_is_a_500_not_an_outage(store):
+    """On SQLite "no such table" is an OperationalError like "database is
+    locked": the code, not the class, says which one waiting would cure."""
+    await _execute(store, "DROP TABLE hubbub_notifications")
+    for call in (store.list("alice"), store.unread_count("alice"), store.create(note())):
+        with pytest.raises(StoreFault) as caught:
+            await call
+        assert caught.value.code == 500 and "hubbub_notifications" in caught.value.reason
+
+
+async def test_a_database_locked_too_long_is_a_503(store_url, tmp_path):
+    """Another process holds the write lock past our wait: the store is
+    unavailable (503, worth a retry), and answers again once it is released."""
+    if store_url.startswith("sqlite:"):
+        path = sqlite_path(store_url)
+        store = SqliteStore(path, ttl=60, max_per_user=10, busy_timeout=0.2)
+        await store.open()
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+    else:
+        store = open_store(with_libpq_option(store_url, "lock_timeout=200"), ttl=60, max_per_user=10)
+        await store.open()
+        holder = psycopg.connect(store_url, connect_timeout=5)  # a transaction stays open
+        holder.execute("LOCK TABLE hubbub_notifications IN ACCESS EXCLUSIVE MODE")
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            await asyncio.wait_for(store.create(note()), 10)
+        assert caught.value.code == 503 and "lock" in caught.value.reason
+        holder.rollback()  # the lock is released
+        assert (await asyncio.wait_for(store.create(note(title="free")), 10))["title"] == "free"
+    finally:
+        holder.close()
+        await store.close()
+
+
+async def test_postgres_connection_lost_is_a_503_and_the_pool_recovers(postgres_schema_url):
+    name = f"hubbub_lost_{uuid.uuid4().hex[:8]}"
+    store = open_store(postgres_schema_url + f"&application_name={name}", ttl=60, max_per_user=10)
+    await store.open()
+    try:
+        await store.create(note())
+        with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as admin:
+            killed = admin.execute("SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                                   " WHERE application_name = %s", (name,)).fetchone()[0]
+        assert killed >= 1
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.list("alice")
+        assert caught.value.code == 503
+        for _ in range(POOL_MAX + 1):  # each dead connection fails once, then is replaced
+            try:
+                assert len(await store.list("alice")) == 1
+                break
+            except StoreUnavailable:
+                pass
+        else:
+            pytest.fail("the pool never replaced its dead connections")
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("error, code", [
+    # The database or the link failing, whatever the request: 503.
+    (psycopg.OperationalError("server closed the connection unexpectedly"), 503),
+    (psycopg.InterfaceError("the connection is closed"), 503),
+    (psycopg.errors.AdminShutdown("terminating connection due to administrator command"), 503),
+    (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), 503),
+    (psycopg.errors.LockNotAvailable("canceling statement due to lock timeout"), 503),
+    (psycopg.errors.TooManyConnections("sorry, too many clients already"), 503),
+    (psycopg.errors.DiskFull("could not extend file"), 503),
+    (psycopg.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction"), 503),
+    (psycopg_pool.PoolTimeout("couldn't get a connection after 30.00 sec"), 503),
+    (psycopg_pool.PoolClosed("the pool 'hubbub-inbox' is already closed"), 503),
+    (psycopg_pool.TooManyRequests("the pool 'hubbub-inbox' has already 10 requests waiting"), 503),
+    # This request or this code: a retry fails alike, 500.
+    (psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"), 500),
+    (psycopg.errors.NumericValueOutOfRange("bigint out of range"), 500),
+    (psycopg.errors.UniqueViolation("duplicate key value"), 500),
+    (psycopg.errors.CheckViolation("violates check constraint"), 500),
+    (psycopg.errors.UndefinedTable('relation "hubbub_notifications" does not exist'), 500),
+    (psycopg.ProgrammingError("syntax error"), 500),
+    (psycopg.errors.DataCorrupted("invalid page in block"), 500),  # no wait repairs it
+    (psycopg.NotSupportedError("not supported"), 500),
+    (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), 500),
+])
+def test_psycopg_errors_are_mapped_deliberately(error, code):
+    from hubbub.services.inbox.postgres import _classified
+
+    assert _classified(error).code == code
+
+
+def _sqlite_error(tmp_path, make) -> sqlite3.Error:
+    try:
+        make(tmp_path)
+    except sqlite3.Error as error:
+        return error
+    raise AssertionError("no error")
+
+
+def _locked(tmp_path):
+    holder = sqlite3.connect(tmp_path / "db", isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    sqlite3.connect(tmp_path / "db", timeout=0).execute("INSERT INTO t VALUES (1)")
+
+
+def _read_only(tmp_path):
+    sqlite3.connect(tmp_path / "db").execute("CREATE TABLE t (x)")
+    sqlite3.connect(f"file:{tmp_path / 'db'}?mode=ro", uri=True).execute("INSERT INTO t VALUES (1)")
+
+
+def _not_a_database(tmp_path):
+    (tmp_path / "db").write_bytes(b"this is no SQLite database, " * 100)
+    sqlite3.connect(tmp_path / "db").execute("SELECT * FROM sqlite_master")
+
+
+def _no_such_table(tmp_path):
+    sqlite3.connect(tmp_path / "db").execute("SELECT * FROM hubbub_notifications")
+
+
+def _constraint(tmp_path):
+    db = sqlite3.connect(tmp_path / "db")
+    db.execute("CREATE TABLE t (x NOT NULL)")
+    db.execute("INSERT INTO t VALUES (NULL)")
+
+
+@pytest.mark.parametrize("make, code", [
+    (_locked, 503), (_read_only, 503),
+    (_no_such_table, 500), (_constraint, 500), (_not_a_database, 500),  # waiting cures none
+])
+def test_sqlite_errors_are_mapped_by_their_code(tmp_path, make, code):
+    """Real errors from a real SQLite, each classified as the store classifies them."""
+    from hubbub.services.inbox.sqlite import _classified
+
+    assert _classified(_sqlite_error(tmp_path, make)).code == code

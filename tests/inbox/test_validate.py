@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from hubbub.auth import Request
 from hubbub.config import Config, ConfigError
 from hubbub.errors import HubError
 from hubbub.services.inbox import validate
@@ -78,11 +79,15 @@ def test_data_python_cannot_encode_is_named():
         validate.notification({**GOOD, "data": {"when": object()}}, LIMIT)
 
 
+def listing(query: dict) -> tuple:
+    return validate.listing_query(Request(path="/notifications", headers={}, query=query))
+
+
 def test_listing_query_defaults_and_values():
-    assert validate.listing_query({}) == (False, 50, None)
-    assert validate.listing_query({"unread": ["1"], "limit": ["200"], "before": ["42"]}) == (True, 200, 42)
-    assert validate.listing_query({"unread": ["0"], "limit": ["1"]}) == (False, 1, None)
-    assert validate.listing_query({"unread": ["true"]})[0] is True
+    assert listing({}) == (False, 50, None)
+    assert listing({"unread": ["1"], "limit": ["200"], "before": ["42"]}) == (True, 200, 42)
+    assert listing({"unread": ["0"], "limit": ["1"]}) == (False, 1, None)
+    assert listing({"unread": ["true"]})[0] is True
 
 
 @pytest.mark.parametrize("query, field", [
@@ -95,11 +100,52 @@ def test_listing_query_defaults_and_values():
     ({"before": ["abc"]}, "before"),
     ({"before": ["0"]}, "before"),
     ({"before": ["99999999999999999999"]}, "before"),
+    # Given twice, even when both are good: which one was meant is a guess.
+    ({"limit": ["5", "abc"]}, "limit"),
+    ({"limit": ["5", "5"]}, "limit"),
+    ({"unread": ["1", "0"]}, "unread"),
+    ({"before": ["42", "7"]}, "before"),
 ])
 def test_a_bad_listing_query_is_a_400_naming_it(query, field):
     with pytest.raises(HubError) as caught:
-        validate.listing_query(query)
+        listing(query)
     assert caught.value.code == 400 and f"'{field}'" in caught.value.reason
+
+
+def test_a_repeated_parameter_says_how_often():
+    with pytest.raises(HubError) as caught:
+        listing({"limit": ["5", "abc", "7"]})
+    assert caught.value.reason == "'limit' given 3 times; it takes one value"
+
+
+@pytest.mark.parametrize("field", ["user", "title", "message"])
+@pytest.mark.parametrize("bad, problem", [("a\x00b", "NUL"), ("a\ud800b", "surrogate")])
+def test_text_no_store_can_keep_is_a_400_naming_the_field(field, bad, problem):
+    """Refused before any store sees it, so SQLite and PostgreSQL refuse alike
+    (PostgreSQL's text cannot hold NUL; no driver encodes a lone surrogate)."""
+    with pytest.raises(HubError) as caught:
+        validate.notification({**GOOD, field: bad}, LIMIT)
+    assert caught.value.code == 400
+    assert caught.value.reason.startswith(f"'{field}'") and problem in caught.value.reason
+
+
+@pytest.mark.parametrize("field, value", [("level", "info\x00"), ("priority", "normal\x00"),
+                                          ("level", "\x00"), ("priority", "high\ud800")])
+def test_enumerated_fields_refuse_nul_too(field, value):
+    with pytest.raises(HubError) as caught:
+        validate.notification({**GOOD, field: value}, LIMIT)
+    assert caught.value.code == 400 and f"'{field}'" in caught.value.reason
+
+
+def test_a_nul_inside_data_is_fine():
+    """``data`` is kept as JSON text: a NUL in it is the six characters \\u0000."""
+    new = validate.notification({**GOOD, "data": {"k\x00": "v\x00"}}, LIMIT)
+    assert new.data == {"k\x00": "v\x00"}
+
+
+def test_storable_user_ids():
+    assert validate.storable("alice") and validate.storable("ü")
+    assert not validate.storable("al\x00ice") and not validate.storable("\udc80")
 
 
 def test_config_defaults():

@@ -89,7 +89,7 @@ class NotificationEndpoints:
     async def list(self, request: "Request") -> Response:
         try:
             user = await self._user(request)
-            unread, limit, before = validate.listing_query(request.query)
+            unread, limit, before = validate.listing_query(request)
             records = await self.inbox.list(user, unread_only=unread, limit=limit, before=before)
             count = await self.inbox.unread_count(user)
         except HubError as error:
@@ -143,18 +143,26 @@ def _missing(id_: str) -> HubError:
 class NotificationsGate:
     """``/notifications`` whether or not the store is open: until it is (a
     store that is down does not keep the hub from serving publications),
-    every request is a 503 naming why."""
+    every request is a 503 naming why, and readiness says the same."""
 
     def __init__(self, auth: "Authenticator") -> None:
         self.auth = auth
         self.endpoints: NotificationEndpoints | None = None
-        self.error = "not started"
+        self.error = "not open yet"
 
     def open(self, inbox: "Inbox") -> None:
         self.endpoints = NotificationEndpoints(inbox, self.auth)
 
     def close(self) -> None:
         self.endpoints = None
+
+    def failed(self, error: Exception) -> None:
+        """The store could not open: keep why, in the words of its error."""
+        self.error = str(getattr(error, "detail", None) or getattr(error, "reason", None) or error)
+
+    def unavailable(self) -> str | None:
+        """Why the store is not open (readiness), or None when it is."""
+        return self.error if self.endpoints is None else None
 
     handles = staticmethod(NotificationEndpoints.handles)
 

@@ -4,9 +4,13 @@ Streams (``GET /sse``, ``GET /poll``, ``/ws``, ``GET /dashboard/stream``)
 are the transports' to serve; every other request comes here with a body
 reader (``read_body(limit)``, raising HubError 413 past ``limit``), so an
 endpoint reads its body only when it wants one, and under its own limit.
+
+The fast port serves streams only, but answers the probes (``health``) too,
+through the same ``HealthEndpoints``.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -17,6 +21,7 @@ from .static import static_response
 
 if TYPE_CHECKING:
     from ..auth import Request
+    from .health import HealthEndpoints
     from .notifications import NotificationsGate
     from .operations import OperationsEndpoints
     from .presence import PresenceEndpoint
@@ -25,11 +30,13 @@ if TYPE_CHECKING:
 ReadBody = Callable[[int], Awaitable[bytes]]
 STREAM_PATHS = ("/sse", "/poll")  # GET streams; any other method is a 405 here
 
+log = logging.getLogger("hubbub")
+
 
 class Router:
     def __init__(self, *, dev: bool, publish: "PublishEndpoint", presence: "PresenceEndpoint",
                  notifications: "NotificationsGate", operations: "OperationsEndpoints",
-                 health: Callable[[], Response]) -> None:
+                 health: "HealthEndpoints") -> None:
         self.dev = dev
         self.publish = publish
         self.presence = presence
@@ -40,8 +47,13 @@ class Router:
     async def answer(self, method: str, path: str, request: "Request", read_body: ReadBody) -> Response:
         try:
             return await self._answer(method, path, request, read_body)
-        except HubError as error:  # a body over its limit, or cut short
+        except HubError as error:  # a body over its limit, or cut short, or a repeated parameter
             return error_response(error)
+        except Exception:
+            # A bug of ours: a 500 that says so (and a traceback in the log),
+            # never an answer that blames something else.
+            log.exception("%s %s failed", method, path)
+            return error_response(HubError(500, "internal error"))
 
     async def _answer(self, method: str, path: str, request: "Request", read_body: ReadBody) -> Response:
         if self.notifications.handles(path):
@@ -56,10 +68,8 @@ class Router:
             if method != "POST":
                 return not_allowed(method, path, "POST")
             return await self.publish(request, await read_body(publish.MAX_BODY))
-        if path == "/healthz":
-            if method not in ("GET", "HEAD"):
-                return not_allowed(method, path, "GET, HEAD")
-            return self.health()
+        if self.health.handles(path):
+            return self.health.answer(method, path)
         if self.operations.handles(path):
             answer = self.operations.answer(method, path, request)
             return answer if answer is not None else not_allowed(method, path, "GET")

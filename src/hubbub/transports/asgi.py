@@ -145,12 +145,12 @@ class HubApp:
         recovery = core.recovery
         try:
             timeout = _poll_timeout(request)
+            since = resume_point(request)  # read before anything is attached: a repeated one is a 400
             answer = PollAnswer()
             conn = await self.hub.streams.open_subscriber(
                 request, lambda principal: core.connection(wire.POLL, principal, answer))
         except HubError as error:
             return error_response(error)
-        since = resume_point(request)
         start_id = recovery.last_event_id  # a resume point for "nothing new yet"
         watcher = asyncio.ensure_future(watch_disconnect(receive, answer))
         unread_count = self.hub.unread.count_or_none

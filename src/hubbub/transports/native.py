@@ -3,7 +3,9 @@
 One uvloop server socket; each new connection starts in ``_Sniffer``, which
 reads the request head and then either hands the socket to picows (a
 WebSocket upgrade to ``/ws``: the bytes already read are fed to picows'
-protocol as if it had read them) or turns into an SSE stream.
+protocol as if it had read them) or turns into an SSE stream. The probes
+(``/healthz``, ``/readyz``, ``/livez``) are answered here too, by the same
+endpoint as on the ASGI port, so a probe of either port tells the truth.
 
 The transports here only write bytes to the socket: the connection is the
 writer (``core/connection.py``) and the core's flusher decides when it writes.
@@ -29,6 +31,7 @@ from ..accesslog import log_access
 from ..auth import ANONYMOUS, Request
 from ..core.connection import CLOSE_INTERNAL, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_TOO_BIG, Connection
 from ..cors import CorsPolicy, head_lines
+from ..endpoints.health import PATHS as HEALTH_PATHS
 from ..endpoints.responses import Response, encode, error_body
 from ..logutil import RateLimitFilter
 from .streams import SSEHeartbeat, WakesWriter
@@ -54,7 +57,7 @@ READ_BUFFER_INITIAL = 2048
 CLOSE_TIMEOUT = 2.0  # seconds a peer has to answer our close frame
 SSE_HEAD = b"HTTP/1.1 200 OK\r\n" + b"".join(
     f"{k}: {v}\r\n".encode() for k, v in wire.SSE_HEADERS) + b"connection: close\r\n\r\n"
-_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
             503: "Service Unavailable"}
 
@@ -159,6 +162,12 @@ class _Sniffer(asyncio.Protocol):
             self._reply(405, "use GET for /sse")
         elif url.path == "/ws":
             self._reply(400, "/ws needs a WebSocket upgrade")
+        elif url.path in HEALTH_PATHS:
+            answer = http_response(self.server.hub.router.health.answer(method, url.path))
+            if method == "HEAD":  # the head a GET gets, its content-length included, and no body
+                answer = answer[:answer.index(b"\r\n\r\n") + 4]
+            self.transport.write(answer)
+            self.transport.close()
         else:
             self._reply(404, f"no such endpoint {url.path} on the fast port")
 

@@ -26,6 +26,16 @@ if TYPE_CHECKING:
     from ..services.presence import Presence
 
 MakeConnection = Callable[["Principal"], "Connection"]
+# The single-valued query parameters of every stream (SSE, poll, WS); topic= repeats.
+SINGLE_PARAMS = ("token", "since", "filter", "presence")
+
+
+def refuse_repeated(request: "Request") -> None:
+    """HubError 400 when a single-valued stream parameter is given more than
+    once (``Request.first``): checked up front, so a stream is refused before
+    anything is attached, never halfway through opening."""
+    for name in SINGLE_PARAMS:
+        request.first(name)
 
 
 def resume_point(request: "Request") -> str | None:
@@ -65,6 +75,7 @@ class Streams:
         403, 429) and then nothing stays attached. ``presence``: join/leave events."""
         core = self.core
         core.admit(request.client)
+        refuse_repeated(request)
         principal = await self.auth.principal(request)
         if principal is None:
             raise Unauthorized("authentication required")
@@ -84,9 +95,9 @@ class Streams:
     async def open_sse(self, request: "Request",
                        make_conn: MakeConnection) -> "tuple[Connection | None, Response | bytes]":
         """Open an SSE stream: (connection, the stream's first bytes) or (None, an error response)."""
-        since = resume_point(request)
-        await self.core.recovery.caught_up(since)  # an id another node gave out: let it arrive
         try:
+            since = resume_point(request)  # a repeated since= is a 400 too
+            await self.core.recovery.caught_up(since)  # an id another node gave out: let it arrive
             conn = await self.open_subscriber(request, make_conn, wants_presence(request))
         except HubError as error:
             return None, error_response(error)

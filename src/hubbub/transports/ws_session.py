@@ -20,6 +20,7 @@ from ..core.connection import (CLOSE_AUTH, CLOSE_BAD_DATA, CLOSE_INTERNAL, CLOSE
 from ..errors import Forbidden, HubError
 from ..limits import AbuseCounter, TokenBucket
 from ..topics import requested_pattern
+from .streams import refuse_repeated
 
 if TYPE_CHECKING:
     from ..core.codec import Publication
@@ -80,6 +81,12 @@ class WSSession:
         except HubError as error:
             self.conn.send_control(wire.ws_error(error.code, error.reason))
             self.conn.close(CLOSE_TRY_LATER, error.reason)
+            return
+        try:  # a repeated single-valued parameter refuses the handshake: error 400, close 1008
+            refuse_repeated(self.request)
+        except HubError as error:
+            self.conn.send_control(wire.ws_error(error.code, error.reason))
+            self.conn.close(CLOSE_POLICY, error.reason)
             return
         try:
             principal = await self.streams.auth.principal(self.request)

@@ -10,14 +10,26 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .store import (COLUMNS, NewNotification, NotificationStore, StoreError, encode_data, now_ms,
-                    page_query, pending_migrations, record_of)
+from .store import (COLUMNS, NewNotification, NotificationStore, StoreError, StoreUnavailable, encode_data,
+                    fault, now_ms, page_query, pending_migrations, record_of)
 
 try:
     import psycopg
     from psycopg_pool import AsyncConnectionPool
-except ImportError:  # pragma: no cover - the extra is missing
+except ImportError as error:  # the extra is missing, or only part of it
     psycopg = None
+    _import_error: ImportError | None = error
+else:
+    _import_error = None
+
+
+def _missing_driver(error: ImportError) -> str:
+    """Names the module that is missing, as the ImportError does: psycopg
+    installed without psycopg_pool is not "needs psycopg"."""
+    what = f"the module {error.name!r}" if error.name else "its driver"
+    return (f"a postgresql:// store needs {what}, which cannot be imported ({error}):"
+            " pip install 'hubbub[postgres]'")
+
 
 POOL_MIN = 1
 POOL_MAX = 10
@@ -57,8 +69,8 @@ class PostgresStore(NotificationStore):
                  connect_timeout: float = CONNECT_TIMEOUT) -> None:
         super().__init__(ttl=ttl, max_per_user=max_per_user)
         self.connect_timeout = connect_timeout
-        if psycopg is None:
-            raise StoreError("a postgresql:// store needs psycopg: pip install 'hubbub[postgres]'")
+        if _import_error is not None:
+            raise StoreUnavailable(_missing_driver(_import_error))
         self.url = url
         self._pool: AsyncConnectionPool | None = None
 
@@ -71,14 +83,14 @@ class PostgresStore(NotificationStore):
             await pool.open(wait=True, timeout=self.connect_timeout)
         except Exception as error:
             await pool.close()
-            raise StoreError(f"cannot connect to PostgreSQL at {_masked(self.url)}: {error}") from error
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {_masked(self.url)}: {error}") from error
         self._pool = pool
         try:
             async with pool.connection() as conn:
                 await _migrate(conn)
         except psycopg.Error as error:
             await self.close()
-            raise StoreError(f"PostgreSQL migration failed: {error}") from error
+            raise StoreUnavailable(f"PostgreSQL migration failed: {error}") from error
         except BaseException:
             await self.close()
             raise
@@ -91,7 +103,7 @@ class PostgresStore(NotificationStore):
     async def _fetch(self, sql: str, args: tuple | list, *, rows: str = "all"):
         """Run one statement: its rows ("all"), first row ("one") or rowcount ("count")."""
         if self._pool is None:
-            raise StoreError("the store is not open")
+            raise StoreUnavailable("the store is not open")
         try:
             async with self._pool.connection() as conn:
                 cursor = await conn.execute(sql, args)
@@ -100,8 +112,8 @@ class PostgresStore(NotificationStore):
                 if rows == "one":
                     return await cursor.fetchone()
                 return await cursor.fetchall()
-        except psycopg.Error as error:  # PoolTimeout (database unreachable) included
-            raise StoreError(f"PostgreSQL: {error}") from error
+        except Exception as error:
+            raise _classified(error) from error
 
     async def create(self, new: NewNotification, created_at: int | None = None) -> dict[str, Any]:
         row = (new.user, new.title, new.message, new.level, new.priority, encode_data(new.data),
@@ -149,6 +161,23 @@ class PostgresStore(NotificationStore):
                                          GROUP BY user_id HAVING COUNT(*) > %s)) AS ranked
                    WHERE rn > %s)""", (cap, cap), rows="count")
         return expired + over_cap
+
+
+def _classified(error: Exception) -> StoreError:
+    """What a failed call means for the client: the database away (503) or not (500).
+
+    OperationalError is the server or the link failing, whatever the request:
+    connection refused or lost, admin shutdown, too many connections, disk
+    full, statement or lock timeout, serialization failure; the pool's
+    PoolTimeout, PoolClosed and TooManyRequests are OperationalErrors too.
+    InterfaceError is a connection that is closed or broken. A read-only
+    transaction is a primary that became a standby (failover in progress).
+    Everything else (DataError, IntegrityError, ProgrammingError, ...) is
+    about this request or this code, so a retry would fail alike."""
+    if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError,
+                          psycopg.errors.ReadOnlySqlTransaction)):
+        return StoreUnavailable(f"PostgreSQL: {error}")
+    return fault("PostgreSQL", error)
 
 
 async def _migrate(conn) -> None:

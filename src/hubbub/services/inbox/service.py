@@ -19,6 +19,11 @@ Every store call is timed and reported to ``observe(operation, seconds)``
 Changes of one user are serialized in this process, so the counts a user's
 tabs receive arrive in the order the changes happened, never a stale count
 after a fresh one.
+
+A user id that no store can keep (a token's ``sub`` with a NUL or a lone
+surrogate; ``validate.storable``) has an empty inbox: nothing can ever be
+created for it, so its reads answer empty and its changes find nothing,
+without asking the store (which would fail, and blame itself).
 """
 from __future__ import annotations
 
@@ -108,7 +113,7 @@ class Inbox:
     async def mark_read(self, user: str, id_: str) -> dict[str, Any] | None:
         """Mark one read; None when the user has no notification ``id_``."""
         key = parse_id(id_)
-        if key is None:
+        if key is None or not validate.storable(user):
             return None
         async with self._serialized(user):
             record = await self._timed("mark_read", self.store.mark_read(user, key))
@@ -117,6 +122,8 @@ class Inbox:
         return record
 
     async def mark_all_read(self, user: str) -> int:
+        if not validate.storable(user):
+            return 0
         async with self._serialized(user):
             changed = await self._timed("mark_all_read", self.store.mark_all_read(user))
             await self._emit_count(user)
@@ -125,7 +132,7 @@ class Inbox:
     async def delete(self, user: str, id_: str) -> bool:
         """Delete one; False when the user has no notification ``id_``."""
         key = parse_id(id_)
-        if key is None:
+        if key is None or not validate.storable(user):
             return False
         async with self._serialized(user):
             deleted = await self._timed("delete", self.store.delete(user, key))
@@ -139,17 +146,23 @@ class Inbox:
                    before: str | int | None = None) -> list[dict[str, Any]]:
         """Newest first; ``before`` (a record's id) continues after that record."""
         if isinstance(before, str):
-            before = validate.listing_query({"before": [before]})[2]
+            before = validate.before_id(before)
+        if not validate.storable(user):
+            return []
         return await self._timed("list", self.store.list(user, unread_only=unread_only, limit=limit,
                                                                 before_id=before))
 
     async def unread_count(self, user: str) -> int:
         """What a connection of ``user`` is told on connect (``unread_count``)."""
+        if not validate.storable(user):
+            return 0
         return await self._timed("unread_count", self.store.unread_count(user))
 
     async def unread_count_in_order(self, user: str) -> int:
         """The count read in line with the user's changes: sent on connect, it
         can never arrive after (and so overwrite) the count of a newer change."""
+        if not validate.storable(user):
+            return 0
         async with self._serialized(user):
             return await self._timed("unread_count", self.store.unread_count(user))
 

@@ -18,10 +18,18 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .store import (COLUMNS, NewNotification, NotificationStore, StoreError, encode_data, now_ms,
-                    page_query, pending_migrations, record_of)
+from .store import (COLUMNS, NewNotification, NotificationStore, StoreError, StoreUnavailable, encode_data,
+                    fault, now_ms, page_query, pending_migrations, record_of)
 
-BUSY_TIMEOUT_MS = 10_000
+BUSY_TIMEOUT = 10.0  # seconds a write waits for another process's write lock
+
+# SQLite's primary result codes that say the database cannot answer now,
+# whatever the request (https://sqlite.org/rescode.html): busy or locked past
+# the busy timeout, out of memory, read-only, interrupted, an I/O error, disk
+# full, cannot open, a locking protocol error. Not among them: a corrupt file
+# (11) or one that is no database (26), which no wait repairs: a 500 and a
+# traceback, for someone to look.
+UNAVAILABLE_CODES = {5, 6, 7, 8, 9, 10, 13, 14, 15}
 
 # Ordered: migration N brings the schema from version N-1 to N. Never edit a
 # released one; append a new one.
@@ -48,28 +56,36 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 
 
 class SqliteStore(NotificationStore):
-    def __init__(self, path: str, *, ttl: float, max_per_user: int) -> None:
+    def __init__(self, path: str, *, ttl: float, max_per_user: int,
+                 busy_timeout: float = BUSY_TIMEOUT) -> None:
         super().__init__(ttl=ttl, max_per_user=max_per_user)
         self.path = path
+        self.busy_timeout = busy_timeout
         self._db: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
 
     # -- plumbing ----------------------------------------------------------------
     async def _run(self, fn, *args):
         if self._thread is None:
-            raise StoreError("the store is not open")
+            raise StoreUnavailable("the store is not open")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-        except sqlite3.Error as error:
-            raise StoreError(f"SQLite: {error}") from error
+        except Exception as error:
+            if self._thread is None:  # closed while the call ran: its "closed database" is that
+                raise StoreUnavailable("the store was closed") from error
+            raise _classified(error) from error
 
     async def open(self) -> None:
         if self._thread is None:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbub-sqlite")
         try:
-            await self._run(self._open)
-        except BaseException:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._open)
+        except BaseException as error:
             await self.close()
+            if isinstance(error, Exception) and not isinstance(error, StoreError):
+                # Whatever the cause (a directory it may not create, a file that
+                # is no database), the store is not there to answer.
+                raise StoreUnavailable(f"cannot open SQLite at {self.path}: {error}") from error
             raise
 
     def _open(self) -> None:
@@ -77,9 +93,9 @@ class SqliteStore(NotificationStore):
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         # isolation_level=None: no implicit transactions; each statement
         # commits by itself unless we BEGIN.
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
         try:
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = FULL")
             _migrate(db)
@@ -151,6 +167,19 @@ class SqliteStore(NotificationStore):
                                          GROUP BY user_id HAVING COUNT(*) > ?))
                    WHERE rn > ?)""", (cap, cap)).rowcount
         return expired + over_cap
+
+
+def _classified(error: Exception) -> StoreError:
+    """What a failed call means for the client: the database away (503) or not (500).
+
+    By SQLite's result code rather than the exception class: "database is
+    locked" and "no such table" are both OperationalError, but only the first
+    goes away by waiting. Anything else (a constraint, a value SQLite cannot
+    take, a bug of ours) would fail alike on a retry."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if isinstance(error, sqlite3.Error) and code is not None and code & 0xFF in UNAVAILABLE_CODES:
+        return StoreUnavailable(f"SQLite: {error}")
+    return fault("SQLite", error)
 
 
 def _migrate(db: sqlite3.Connection) -> None:

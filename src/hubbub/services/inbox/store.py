@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import logging
 import re
 import time
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 import orjson
 
 from ...errors import HubError
+
+log = logging.getLogger("hubbub.inbox")
 
 # A store id is a positive signed 64-bit integer (both SQLite and PostgreSQL BIGINT).
 _ID = re.compile(r"[1-9][0-9]{0,18}")
@@ -34,10 +37,38 @@ COLUMNS = "id, user_id, title, message, level, priority, data, read, created_at"
 
 
 class StoreError(HubError):
-    """The store cannot answer (database down, locked too long, corrupt): 503."""
+    """A store call failed: ``StoreUnavailable`` (503) or ``StoreFault`` (500).
+    ``detail`` is what went wrong, without the words the status adds."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(503, f"notification store unavailable: {reason}")
+    def __init__(self, code: int, reason: str, detail: str) -> None:
+        super().__init__(code, reason)
+        self.detail = detail
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot answer now (unreachable, connection lost, pool
+    exhausted, locked too long, out of space, not open): 503, because the same
+    request may well succeed later or on another node."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(503, f"notification store unavailable: {detail}", detail)
+
+
+class StoreFault(StoreError):
+    """The database refused this request for a reason that waiting will not
+    change (a data error, a constraint, a bug of ours): 500, so that nobody
+    retries it and nobody goes looking for a database outage."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(500, f"notification store failed: {detail}", detail)
+
+
+def fault(driver: str, error: BaseException) -> StoreFault:
+    """A ``StoreFault`` for an error that is not the database being away; its
+    traceback is logged here, since the answer carries only the reason."""
+    detail = f"{driver}: {type(error).__name__}: {error}"
+    log.error("notification store failed (answered 500): %s", detail, exc_info=error)
+    return StoreFault(detail)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,12 +108,13 @@ def record_of(row: tuple) -> dict[str, Any]:
 
 
 def pending_migrations(migrations: list[tuple[int, list[str]]], current: int) -> list[tuple[int, list[str]]]:
-    """The migrations after schema version ``current``, in order; StoreError
-    when the database is newer than this code understands."""
+    """The migrations after schema version ``current``, in order;
+    StoreUnavailable when the database is newer than this code understands
+    (a node of a newer release can serve it)."""
     latest = migrations[-1][0]
     if current > latest:
-        raise StoreError(f"the database schema is version {current}, newer than this hubbub "
-                         f"understands ({latest}); upgrade hubbub")
+        raise StoreUnavailable(f"the database schema is version {current}, newer than this hubbub "
+                               f"understands ({latest}); upgrade hubbub")
     return [(version, statements) for version, statements in migrations if version > current]
 
 
@@ -110,7 +142,8 @@ def now_ms() -> int:
 class NotificationStore(abc.ABC):
     """The durable inbox. ``open`` (creating and migrating the schema) must be
     awaited before anything else, ``close`` at the end; no method blocks the
-    event loop. Driver failures surface as ``StoreError`` (503).
+    event loop. Driver failures surface as ``StoreUnavailable`` (503) when the
+    database cannot answer now, else as ``StoreFault`` (500).
 
     ``ttl`` (seconds) and ``max_per_user`` are the retention ``prune`` applies.
     """

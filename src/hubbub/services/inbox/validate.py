@@ -2,6 +2,12 @@
 
 ``POST /notifications`` and ``hub.notify`` both go through ``notification``;
 each refusal is a 400 whose reason names the field at fault.
+
+What can never be stored is refused here, for both stores alike: a string
+kept as a text column must hold no NUL (PostgreSQL's text cannot; SQLite
+would keep what PostgreSQL refuses, so a fleet and a single node would
+disagree) and must be valid Unicode (no driver can encode a lone surrogate).
+``data`` is stored as JSON text, where a NUL travels escaped (``\\u0000``).
 """
 from __future__ import annotations
 
@@ -46,11 +52,33 @@ def notification(payload: Any, max_message_bytes: int) -> NewNotification:
     )
 
 
+def _storable(field: str, value: str) -> str:
+    """``value`` as a text column of either store can keep it; else a 400."""
+    if "\x00" in value:
+        raise _bad(field, "must not contain a NUL character (\\u0000): the store cannot keep it")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise _bad(field, "is not valid Unicode (a lone surrogate): the store cannot keep it") from None
+    return value
+
+
+def storable(value: str) -> bool:
+    """True when a string (a user id from a token's ``sub``) could be stored:
+    the inbox of a user whose id cannot be has nothing in it, ever."""
+    try:
+        _storable("user", value)
+    except HubError:
+        return False
+    return True
+
+
 def user_id(value: Any, field: str = "user") -> str:
     """A user id as a token's ``sub`` may carry it (SPEC 11): anything else
     could never sign in to read the notification."""
     if not isinstance(value, str):
         raise _bad(field, f"must be a string, got {type(value).__name__}")
+    _storable(field, value)
     if not value or value.isspace():
         raise _bad(field, "must not be empty")
     if "." in value or "*" in value or ">" in value:
@@ -63,6 +91,7 @@ def user_id(value: Any, field: str = "user") -> str:
 def _title(value: Any) -> str:
     if not isinstance(value, str):
         raise _bad("title", f"must be a string, got {type(value).__name__}")
+    _storable("title", value)
     if not value.strip():
         raise _bad("title", "must not be empty")
     if len(value) > TITLE_MAX_CHARS:
@@ -73,7 +102,7 @@ def _title(value: Any) -> str:
 def _message(value: Any, limit: int) -> str:
     if not isinstance(value, str):
         raise _bad("message", f"must be a string, got {type(value).__name__}")
-    size = len(value.encode())
+    size = len(_storable("message", value).encode())
     if size > limit:
         raise _bad("message", f"is {size} bytes, over MAX_MESSAGE_BYTES ({limit})")
     return value
@@ -102,30 +131,31 @@ def _data(value: Any, limit: int) -> Any:
     return value
 
 
-def listing_query(query) -> tuple[bool, int, int | None]:
-    """``GET /notifications``'s ``unread``, ``limit`` and ``before`` (as the store's id)."""
-    def first(name: str) -> str | None:
-        values = query.get(name)
-        return values[0] if values else None
-
-    raw_unread = first("unread")
+def listing_query(request) -> tuple[bool, int, int | None]:
+    """``GET /notifications``'s ``unread``, ``limit`` and ``before`` (as the
+    store's id), each read with ``request.first`` (a repeated one is a 400)."""
+    raw_unread = request.first("unread")
     if raw_unread is None or raw_unread.lower() in ("", "0", "false", "no"):
         unread = False
     elif raw_unread.lower() in ("1", "true", "yes"):
         unread = True
     else:
         raise _bad("unread", f"must be 1 or 0, got {raw_unread!r}")
-    raw_limit = first("limit")
+    raw_limit = request.first("limit")
     if raw_limit is None:
         limit = LIMIT_DEFAULT
     else:
         limit = int(raw_limit) if raw_limit.isascii() and raw_limit.isdigit() else 0
         if not 1 <= limit <= LIMIT_MAX:
             raise _bad("limit", f"must be an integer from 1 to {LIMIT_MAX}, got {raw_limit!r}")
-    raw_before = first("before")
-    before = None
-    if raw_before is not None:
-        before = parse_id(raw_before)
-        if before is None:
-            raise _bad("before", f"must be a notification id, got {raw_before!r}")
-    return unread, limit, before
+    return unread, limit, before_id(request.first("before"))
+
+
+def before_id(raw: str | None) -> int | None:
+    """A listing's ``before`` (a record's id) as the store's id; None when absent."""
+    if raw is None:
+        return None
+    before = parse_id(raw)
+    if before is None:
+        raise _bad("before", f"must be a notification id, got {raw!r}")
+    return before
