@@ -28,7 +28,7 @@ import itertools
 import logging
 import random
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 from picows import WSError, WSListener, WSMsgType, ws_connect
@@ -181,13 +181,13 @@ class Client:
         return self.last_id
 
     def _url(self) -> str:
+        """The URL with ``token=``: the ``token`` argument wins over one already in the URL
+        (the hub refuses a parameter given twice)."""
         parts = urlsplit(self.url)
-        query = []
+        query = parse_qsl(parts.query, keep_blank_values=True)
         if self.token:
-            query.append(("token", self.token))
-        extra = urlencode(query)
-        merged = "&".join(q for q in (parts.query, extra) if q)
-        return urlunsplit((parts.scheme, parts.netloc, parts.path, merged, ""))
+            query = [(name, value) for name, value in query if name != "token"] + [("token", self.token)]
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
 
     async def _run(self, listener: _Listener | None) -> None:
         # Whatever goes wrong in here ends iteration with the reason, rather

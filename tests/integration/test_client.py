@@ -175,3 +175,21 @@ async def test_a_subscription_that_saw_no_message_resumes_from_its_ack_position(
     finally:
         await client.close()
         proxy.close()
+
+
+async def test_the_token_argument_wins_over_a_token_in_the_url(tmp_path):
+    # The hub refuses a parameter given twice (400): a URL copied with its
+    # ?token= still connects with the token passed as an argument.
+    from .helpers_user import SECURED_ENV
+    from .tokens import token
+
+    hub = HubProcess(dev=False, env=SECURED_ENV).start(tmp_path)
+    try:
+        url = hub.url("native", "/ws?token=stale.token.value", "ws")
+        jwt = token("alice", publish=["user.alice.>"])
+        async with connect(url, token=jwt, topics=["user.alice.t"], max_retries=1) as client:
+            event_id = await asyncio.wait_for(client.publish("user.alice.t", {"n": 1}), 5)
+            message = await asyncio.wait_for(client.next(), 5)
+        assert message.id == event_id and message.data == {"n": 1}
+    finally:
+        hub.stop()

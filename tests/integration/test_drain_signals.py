@@ -8,10 +8,8 @@ ports stay served: /healthz on PORT answers 503 "draining", a new subscriber
 on FAST_PORT gets 503, an open WebSocket is still answered; then WS clients
 get 1001, SSE streams end and the process exits.
 
-FAST_PORT has no /healthz yet, so its drain shows through a new subscriber's
-503 and an open WebSocket's answers. Once it has, add
-``hub.url("native", "/healthz")`` to ``health_urls`` in
-``assert_draining_until_the_grace_ends``: every poll then checks both ports.
+Every poll checks /healthz on both ports, and on FAST_PORT also that a new
+subscriber gets 503 while an open WebSocket is still answered.
 """
 from __future__ import annotations
 
@@ -56,7 +54,7 @@ def fresh_connections() -> httpx.AsyncClient:
 
 async def assert_draining_until_the_grace_ends(hub: HubProcess, signalled: float, ws) -> int:
     """Poll both ports until GRACE_MARGIN before the grace ends; returns how many polls."""
-    health_urls = [hub.url("asgi", "/healthz")]
+    health_urls = [hub.url("asgi", "/healthz"), hub.url("native", "/healthz")]
     polls = 0
     first_503 = None
     async with fresh_connections() as client:
