@@ -168,5 +168,5 @@ def broker_for(config: Any) -> Broker:
     from .redis_broker import RedisBroker
 
     return RedisBroker(config.backplane, prefix=config.backplane_prefix,
-                       history_size=config.history_size,
-                       history_ttl=config.history_ttl, presence_ttl=config.presence_ttl)
+                       history_size=config.history_size, history_ttl=config.history_ttl,
+                       presence_ttl=config.presence_ttl, timeout=config.backplane_timeout)
