@@ -227,6 +227,43 @@ _UNREACHABLE = (RedisError, OSError)  # asyncio's TimeoutError included: an OSEr
 _NO_ANSWER = (TimeoutError, RedisTimeoutError)  # a stall, rather than a refusal
 
 
+_background: set[asyncio.Task] = set()  # referenced until done, so none is collected early
+
+
+def in_background(awaitable) -> asyncio.Task:
+    """Run ``awaitable`` on its own; what it raises is dropped (logged at debug)."""
+    task = asyncio.ensure_future(awaitable)
+    _background.add(task)
+    task.add_done_callback(_forget)
+    return task
+
+
+def _forget(task: asyncio.Task) -> None:
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("backplane background task failed: %r", task.exception())
+
+
+async def answered_by(awaitable, deadline: float) -> Any:
+    """What ``awaitable`` returns, or TimeoutError at ``deadline`` (time.monotonic()).
+
+    At the deadline itself: the command is cancelled and left to redis-py's
+    clean-up in the background (closing the connection, handing it back to
+    the pool), which may itself wait, so the caller's answer never does.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=max(0.0, deadline - time.monotonic()))
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        in_background(task)
+        raise TimeoutError
+    return task.result()
+
+
 def stream_length_for(history_size: int) -> int:
     """How many publications the shared stream keeps (approximately, MAXLEN ~).
 
@@ -353,7 +390,7 @@ class RedisBroker(Broker):
         except _UNREACHABLE as error:
             await self._close_clients()
             raise BackplaneUnavailable(f"cannot reach the backplane at {masked(self.url)}:"
-                                       f" {error}") from None
+                                       f" {error or 'no answer in time'}") from None
         self._subscribed = self._answering = True
         self._health_changed()
         self._tasks = [asyncio.ensure_future(self._subscriber(pubsub)),
@@ -464,13 +501,12 @@ class RedisBroker(Broker):
             raise BackplaneUnavailable(f"backplane unavailable: {what} could not be sent within"
                                        f" {self.timeout / 2:g} s")
         try:
-            async with asyncio.timeout(deadline - time.monotonic()):
-                result = await script(keys=keys, args=args)
+            result = await answered_by(script(keys=keys, args=args), deadline)
         except _NO_ANSWER:
             # The heartbeat notices too, within 3/4 of the timeout; this may be sooner.
-            await self._stalled(f"no answer to {what} within {self.timeout:g} s")
-            raise BackplaneUnavailable(f"backplane unavailable: no answer from Redis to {what}"
-                                       f" within {self.timeout:g} s; nothing was published") from None
+            self._stalled(f"no answer to {what} within {self.timeout:g} s")
+            raise BackplaneUnavailable(f"backplane unavailable: no answer from Redis to {what} in"
+                                       f" time ({self.timeout:g} s); nothing was published") from None
         except _UNREACHABLE as error:
             raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
         if result == 0:
@@ -733,7 +769,7 @@ class RedisBroker(Broker):
                 await self._heartbeat()
             except _NO_ANSWER:
                 self._presence_dirty = True  # updates may be missed meanwhile: write all again
-                await self._stalled(f"no answer to the heartbeat within {self.timeout / 2:g} s")
+                self._stalled(f"no answer to the heartbeat within {self.timeout / 2:g} s")
             except _UNREACHABLE as error:
                 # Refused or reset: Redis is down (the subscription then ends by
                 # itself, after reading what had reached it) or out of connections.
@@ -751,16 +787,16 @@ class RedisBroker(Broker):
         offset taken at the midpoint is off by at most half the round trip.
         """
         sent = time.monotonic()
-        async with asyncio.timeout(self.timeout / 2):
-            fresh, seconds, micros = await self._heartbeat_script(keys=[self._nodes_key],
-                                                                  args=[self.node, self._node_ttl])
+        fresh, seconds, micros = await answered_by(
+            self._heartbeat_script(keys=[self._nodes_key], args=[self.node, self._node_ttl]),
+            sent + self.timeout / 2)
         received = time.monotonic()
         self.clock_offset = int(seconds) + int(micros) / 1e6 - (sent + received) / 2
         self.clock_error = (received - sent) / 2
         if fresh:  # Redis lost this node's entry (a restart), or counted it dead
             self._presence_dirty = True
 
-    async def _stalled(self, reason: str) -> None:
+    def _stalled(self, reason: str) -> None:
         """Redis did not answer in time: unhealthy now (publishes refused at once,
         /healthz 503) until a heartbeat is answered again, and the subscription
         dropped, since its socket may say nothing for ever: the subscriber
@@ -769,7 +805,7 @@ class RedisBroker(Broker):
         self._health_changed(reason)
         connection = self._pubsub.connection if self._pubsub is not None else None
         if connection is not None and not self._stopping:
-            await connection.disconnect(nowait=True)
+            in_background(connection.disconnect(nowait=True))  # the caller answers now
 
     async def _presence_refresher(self) -> None:
         # Three refreshes per PRESENCE_TTL (at most 5 s apart): the presence
