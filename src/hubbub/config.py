@@ -46,6 +46,10 @@ class Config:
     # Every Redis key and channel of the fleet starts with this: fleets (or
     # tests) sharing one Redis stay apart with different prefixes.
     backplane_prefix: str = "hubbub:"
+    # Seconds a publish may wait on Redis in all (pool, script, reply) before it
+    # answers 503, and within which a Redis that stopped answering turns
+    # /healthz 503 (backplane/redis_broker.py).
+    backplane_timeout: float = 2.0
     store: str = "sqlite:///hubbub.db"
     data_dir: str = ""  # where a relative sqlite:/// path lives; empty: the working directory
     notification_ttl: float = 30 * 86400.0  # seconds a notification is kept
@@ -146,6 +150,8 @@ class Config:
               f"must be drop_oldest or disconnect, got {self.slow_consumer!r}")
         check("backplane", self.backplane == "memory" or self.backplane.startswith(("redis://", "rediss://")),
               f"must be memory or a redis:// URL, got {self.backplane!r}")
+        check("backplane_timeout", 0.1 <= self.backplane_timeout <= 60,
+              f"must be between 0.1 and 60 seconds, got {self.backplane_timeout}")
         check("backplane_prefix", bool(self.backplane_prefix) and len(self.backplane_prefix) <= 100,
               f"must be 1-100 characters, got {self.backplane_prefix!r}")
         sqlite_ok = self.store.startswith("sqlite:///") and len(self.store) > len("sqlite:///")

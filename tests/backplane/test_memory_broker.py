@@ -1,8 +1,6 @@
 """MemoryBroker: the single-process backplane keeps today's synchronous delivery."""
 from __future__ import annotations
 
-import asyncio
-
 from hubbub.backplane import MemoryBroker
 
 
@@ -20,15 +18,6 @@ async def test_delivers_before_publish_returns_in_seq_order():
 
 async def test_each_broker_has_its_own_epoch():
     assert MemoryBroker().epoch != MemoryBroker().epoch
-
-
-async def test_idempotency_keeps_the_first_ids_until_the_ttl():
-    broker = MemoryBroker()
-    assert await broker.remember_idempotency("k", ["e-1"], ttl=0.2) is None
-    assert await broker.remember_idempotency("k", ["e-2"], ttl=0.2) == ["e-1"]
-    await asyncio.sleep(0.25)
-    assert await broker.remember_idempotency("k", ["e-3"], ttl=0.2) is None
-    assert await broker.remember_idempotency("k", ["e-4"], ttl=0.2) == ["e-3"]
 
 
 async def test_presence_counts_connections_per_user():

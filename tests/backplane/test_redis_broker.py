@@ -5,11 +5,13 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from hubbub.backplane import BackplaneUnavailable
+from hubbub.backplane.idempotency import Reservation
 from hubbub.backplane.redis_broker import RedisBroker, masked
 
 from .helpers import Node, wait_until
@@ -129,22 +131,6 @@ async def test_backfill_past_what_the_stream_keeps_reports_the_gap(shared_redis,
         await a.broker.stop()
 
 
-async def test_idempotency_is_shared_by_every_node(shared_redis, prefix):
-    a = RedisBroker(shared_redis, prefix=prefix)
-    b = RedisBroker(shared_redis, prefix=prefix)
-    await a.start(lambda seq, payload: None)
-    await b.start(lambda seq, payload: None)
-    try:
-        assert await a.remember_idempotency("order-7", ["e-1", None], ttl=0.5) is None
-        assert await b.remember_idempotency("order-7", ["e-9"], ttl=0.5) == ["e-1", None]
-        assert await b.remember_idempotency("order-8", ["e-2"], ttl=0.5) is None
-        await asyncio.sleep(0.6)
-        assert await b.remember_idempotency("order-7", ["e-3"], ttl=0.5) is None
-    finally:
-        await a.stop()
-        await b.stop()
-
-
 async def test_presence_is_summed_across_nodes_and_a_stopped_node_leaves_at_once(shared_redis, prefix):
     a = RedisBroker(shared_redis, prefix=prefix)
     b = RedisBroker(shared_redis, prefix=prefix)
@@ -240,7 +226,8 @@ async def test_every_key_stays_under_the_prefix(redis_server):
     await broker.start(lambda seq, payload: None)
     try:
         await broker.publish(b"p")
-        await broker.remember_idempotency("k", [], ttl=5)
+        reservation = Reservation("k", {"pending": "t"}, ttl=5)
+        await broker.claim_idempotency(reservation, time.monotonic() + broker.timeout)
         await broker.presence_update("t", "u", None, 1)
         keys = sorted(k.decode() for k in redis_server.client().keys("*"))
     finally:

@@ -6,12 +6,14 @@ The hub hands every validated publication, encoded as opaque bytes, to the
 broker and delivers what the broker gives back::
 
     await broker.start(on_publication, backfill=N, on_epoch_change=f, on_gap=g, on_event=e)
-    await broker.publish(payload, ephemeral=False) -> (epoch, seq) | None
+    await broker.publish(payload, ephemeral=False, deadline=None) -> (epoch, seq) | None
+    await broker.publish_all([(payload, ephemeral), ...], deadline, reservation)
+        -> [(epoch, seq) | None, ...]           # all in one step, or none
     await broker.stop()
     broker.epoch, broker.healthy
-    await broker.remember_idempotency(key, ids, ttl) -> ids stored first | None
-    await broker.settle_idempotency(key, ids, ttl)    # overwrite a reservation
-    await broker.release_idempotency(key)
+    await broker.claim_idempotency(reservation, deadline)  # None: reserved; else the ids
+        -> None | [ids] | {"pending": token}    # (a list) or another request's reservation
+    await broker.release_idempotency(reservation)  # only if the key still holds it
     broker.synchronous / broker.publish_now(payload)  # memory only: no await, no task
     await broker.presence_update(topic, user, info, delta)   # delta = +1 / -1 connection
         -> ("join"|"leave", info) | None   # the user's first / last connection in the fleet
@@ -26,8 +28,14 @@ broker and delivers what the broker gives back::
 - ``publish`` returns ``(epoch, seq)`` rather than a bare seq: the id a
   publisher reports must carry the epoch it was numbered in, even if this
   node's subscriber has not yet heard that the epoch changed. It raises
-  ``BackplaneUnavailable`` (a HubError 503) when it cannot publish; it never
-  accepts and then drops.
+  ``BackplaneUnavailable`` (a HubError 503) when it cannot publish, by
+  ``deadline`` (``time.monotonic()``; default: the broker's timeout from
+  now) at the latest; it never accepts and then drops, and never delivers
+  what it answered 503 (see Deadlines).
+- ``publish_all`` publishes a batch in one atomic step; with a
+  ``reservation`` (an Idempotency-Key claimed by ``claim_idempotency``) it
+  stores the ids under the key in that same step, and publishes only while
+  the key still holds that reservation (``backplane/idempotency.py``).
 - ``start(backfill=N)`` replaces a separate ``backfill()`` call: a node that
   starts late gets the newest N kept publications through ``on_publication``
   before ``start`` returns, then everything after them, then live ones, with
@@ -60,12 +68,15 @@ Redis keys and channel (``prefix`` default ``hubbub:``)
   publish. It serves late-start backfill and gap filling after a reconnect.
 - channel ``{prefix}publications``: ``{epoch}:{seq}:{payload}`` (``-:0:`` for
   ephemeral ones).
-- ``{prefix}idempotency:{key}`` the JSON ids, ``SET`` only if absent, PX ttl.
-- ``{prefix}nodes`` zset node -> heartbeat expiry (Redis server time).
+- ``{prefix}idempotency:{key}`` while a request holds it, its reservation
+  ``{"pending": token}`` (PX: until that request gives up); once published,
+  the JSON ids (PX: the Idempotency-Key TTL), written by the publish script.
+- ``{prefix}nodes`` zset node -> heartbeat expiry (Redis server time),
+  written by the node's heartbeat (every min(timeout/4, PRESENCE_TTL/3)).
 - ``{prefix}presence:{node}:{topic}`` hash user -> JSON [connections, info],
   and ``{prefix}presence-topics:{node}`` the set of that node's topics, both
-  EXPIRE 2 x PRESENCE_TTL, refreshed by that node's heartbeat (every
-  min(PRESENCE_TTL/3, 5 s)). The heartbeat counts a node live until
+  EXPIRE 2 x PRESENCE_TTL, refreshed by that node every
+  min(PRESENCE_TTL/3, 5 s). The heartbeat counts a node live until
   PRESENCE_TTL - r after it (r = min(PRESENCE_TTL/6, 1 s)); a listing reads
   only live nodes, so a SIGKILLed node leaves listings within PRESENCE_TTL.
   The hashes outlive the heartbeat so that the node that retires a dead one
@@ -116,18 +127,36 @@ would want sharding, which this does not do.
 
 Per publication
 ---------------
-One round trip: ``EVALSHA`` of one script running GET epoch, INCR, XADD
-(MAXLEN ~), EXPIRE, PUBLISH. Bytes: the payload goes to Redis once (plus
-~120 bytes of command), is stored once in the stream, and goes out once to
-each node's subscription (plus ``epoch:seq:``, ~15 bytes). An ephemeral
-publication is one PUBLISH, stored nowhere. ``bench/backplane.py`` measures
-it.
+One round trip: ``EVALSHA`` of one script running TIME (the deadline), GET
+epoch, INCR, XADD (MAXLEN ~), PUBLISH, EXPIRE; a batch is the same script
+with the middle three per publication. Bytes: the payload goes to Redis once
+(plus ~150 bytes of command), is stored once in the stream, and goes out
+once to each node's subscription (plus ``epoch:seq:``, ~15 bytes). An
+ephemeral publication goes through the same script (for its deadline) and
+is only PUBLISHed, stored nowhere. ``bench/backplane.py`` measures it.
 
 Slow or unreachable Redis; bounded everywhere
 ----------------------------------------------
-- Publish: a bounded connection pool (``pool_size``); a publisher waits at
-  most ``timeout`` for a connection and for the reply, then gets 503. No
-  redis-py retries: a script retried after a lost reply could run twice.
+One setting, ``timeout`` (HUBBUB_BACKPLANE_TIMEOUT, default 2 s), bounds it:
+
+- Publish: every publish answers within ``timeout`` of its call, counting
+  everything: the wait for a connection of the bounded pool (``pool_size``),
+  the script and its reply (``POST /publish`` counts its Idempotency-Key
+  claim in the same bound). Then 503. At the deadline sharp: the command is
+  abandoned to redis-py's clean-up in the background. No redis-py retries:
+  a script retried after a lost reply could run twice.
+- Health is measured, not assumed: ``healthy`` is True while the
+  subscription is up and caught up and the last heartbeat was answered in
+  time. The heartbeat (a write script, on a connection of its own so a busy
+  pool never delays it) runs every ``timeout/4`` (at most PRESENCE_TTL/3)
+  and must be answered within ``timeout/2``: a Redis that stops answering
+  without closing its sockets (SIGSTOP, a partition that keeps TCP open) is
+  noticed within 3/4 of ``timeout`` even when nobody publishes, before any
+  publish waiting on it gives up; a publish that gets no answer in time
+  says so too. A stall also drops the subscription (its socket may say
+  nothing for ever), to be made again. A refused connection or a closed
+  socket (Redis killed) is noticed at once. While unhealthy, publishes fail
+  at once with 503 without touching the network.
 - Subscription: each message is delivered in the subscriber task as it is
   read; there is no queue in the node. A node that cannot keep up leaves
   the backlog in its socket and then in Redis's output buffer for the
@@ -136,12 +165,43 @@ Slow or unreachable Redis; bounded everywhere
   batches of 1,000 (XRANGE), and if the stream no longer holds what it
   missed it reports ``on_gap`` (clients then get ``history_gap``/``reset``,
   never a silent hole).
-- Outage: ``healthy`` turns False as soon as the subscription breaks (or a
-  heartbeat fails, for a Redis that hangs without closing the socket);
-  publishes then fail at once with 503 without touching the network; the
-  subscriber reconnects with exponential backoff (50 ms doubling to 5 s,
-  jittered) and is healthy again once it has caught up. Nothing spins while
-  Redis is down.
+- Outage: the subscriber reconnects with exponential backoff (50 ms
+  doubling to 5 s, jittered; each attempt bounded by ``timeout``) and is
+  healthy again once it has caught up and a heartbeat was answered. Nothing
+  spins while Redis is down.
+
+Deadlines: a publish answered 503 is never delivered
+----------------------------------------------------
+A frozen Redis still holds the commands it was sent, and runs them when it
+resumes, long after the node answered 503: a client retrying would publish
+twice. So every script of a publish (the publication, ephemeral ones
+included, and the Idempotency-Key claim) starts with a deadline check
+(``LATE``): past it, it does nothing and says so. The node gives up at
+``deadline`` (its monotonic clock); the script's deadline is ``deadline -
+timeout/2`` in Redis's clock (``TIME``), through the offset measured by
+every heartbeat: Redis read its clock between the heartbeat's send and its
+reply, so the offset taken at the midpoint is off by at most half that
+round trip (``clock_error``). A script that ran by its deadline has then
+``timeout/2 - clock_error`` (about 1 s by default) for its reply to reach
+the node and be read before the node gives up; one that comes later does
+nothing. The node does not even send a script that could only arrive late.
+
+What remains, honestly: a script that ran in time but whose reply takes
+longer than that margin to be read, so that the node answers 503 for a
+publication Redis made. That needs a pathological stall between the two:
+Redis frozen (or killed) in the microseconds between running the script
+and writing its reply, a partition of more than ``timeout/2`` in exactly
+that window, the node's event loop blocked that long, or Redis's wall clock
+stepped back by that much between two heartbeats. With an Idempotency-Key
+even that is covered: the script stores the ids under the key in the step
+that publishes, so a retry with the key replays them.
+
+The reservations: a key holds ``{"pending": token}`` until its request
+gives up (PX), so one that could not be released (Redis unreachable) never
+outlives its request. A 503'd request releases it in the background (the
+503 is not delayed), deleting it only if it still holds its own token; the
+release cannot race a late publish script, which does nothing past its
+deadline and publishes only while the reservation is there.
 """
 from __future__ import annotations
 
@@ -168,5 +228,5 @@ def broker_for(config: Any) -> Broker:
     from .redis_broker import RedisBroker
 
     return RedisBroker(config.backplane, prefix=config.backplane_prefix,
-                       history_size=config.history_size,
-                       history_ttl=config.history_ttl, presence_ttl=config.presence_ttl)
+                       history_size=config.history_size, history_ttl=config.history_ttl,
+                       presence_ttl=config.presence_ttl, timeout=config.backplane_timeout)

@@ -1,6 +1,7 @@
 """The broker interface every backplane implements (see the package docstring)."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,21 @@ OnPublication = Callable[[int | None, bytes], None]  # (seq, or None when epheme
 OnEpochChange = Callable[[str], None]  # the new epoch
 OnGap = Callable[[int], None]  # every publication with seq <= this that was not delivered never will be
 OnEvent = Callable[[list], None]  # a fleet event another node sent (``broadcast``, presence)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reservation:
+    """An Idempotency-Key held by one request until it publishes or gives up.
+
+    Meanwhile the key holds ``marker`` (a JSON object: no id list looks like
+    it). The publish replaces it with the ids in the same atomic step, and
+    only while it is still there; a release deletes it only if it is still
+    there. So neither can touch what another request did with the key.
+    """
+
+    key: str
+    marker: dict
+    ttl: float  # seconds the ids are kept once published
 
 
 class BackplaneUnavailable(HubError):
@@ -42,21 +58,28 @@ class Broker:
                     on_gap: OnGap | None = None, on_event: OnEvent | None = None) -> None:
         raise NotImplementedError
 
-    async def publish(self, payload: bytes, ephemeral: bool = False) -> tuple[str, int] | None:
+    async def publish(self, payload: bytes, ephemeral: bool = False,
+                      deadline: float | None = None) -> tuple[str, int] | None:
+        """(epoch, seq), None when ephemeral; 503 by ``deadline`` (time.monotonic())
+        at the latest when it cannot, and then it is never delivered."""
+        raise NotImplementedError
+
+    async def publish_all(self, items: list[tuple[Any, bool]], deadline: float | None = None,
+                          reservation: Reservation | None = None) -> list[tuple[str, int] | None]:
+        """``publish`` for ``(payload, ephemeral)`` items, all or none; with a
+        ``reservation`` the ids are stored under its key in the same step."""
         raise NotImplementedError
 
     async def stop(self) -> None:
         raise NotImplementedError
 
-    async def remember_idempotency(self, key: str, ids: list, ttl: float) -> list | None:
+    async def claim_idempotency(self, reservation: Reservation, deadline: float) -> Any:
+        """Reserve the key until ``deadline``: None, or what it holds already (the
+        ids published with it, a list; or another request's reservation, a dict)."""
         raise NotImplementedError
 
-    async def settle_idempotency(self, key: str, ids: list, ttl: float) -> None:
-        """Replace what ``key`` holds (a reservation) with the ids published."""
-        raise NotImplementedError
-
-    async def release_idempotency(self, key: str) -> None:
-        """Forget ``key`` (the reserved publish failed: a retry may publish)."""
+    async def release_idempotency(self, reservation: Reservation) -> None:
+        """Forget the reservation if the key still holds it (the publish failed)."""
         raise NotImplementedError
 
     async def broadcast(self, event: list) -> None:

@@ -11,7 +11,8 @@ import secrets
 import time
 from typing import Any
 
-from .base import Broker, NodePresence, OnEpochChange, OnEvent, OnGap, OnPublication
+from .base import (BackplaneUnavailable, Broker, NodePresence, OnEpochChange, OnEvent, OnGap,
+                   OnPublication, Reservation)
 
 
 class MemoryBroker(Broker):
@@ -37,8 +38,21 @@ class MemoryBroker(Broker):
         """``start`` without the await: a hub may publish before it was started."""
         self._on_publication = on_publication
 
-    async def publish(self, payload: bytes, ephemeral: bool = False) -> tuple[str, int] | None:
+    async def publish(self, payload: bytes, ephemeral: bool = False,
+                      deadline: float | None = None) -> tuple[str, int] | None:
         return self.publish_now(payload, ephemeral)
+
+    async def publish_all(self, items: list[tuple[Any, bool]], deadline: float | None = None,
+                          reservation: Reservation | None = None) -> list[tuple[str, int] | None]:
+        """In this step, no await: nothing can come between the check and the publish."""
+        if reservation is not None and self._kept(reservation.key) != reservation.marker:
+            raise BackplaneUnavailable("the Idempotency-Key reservation expired before the"
+                                       " publish; nothing was published")
+        numbered = [self.publish_now(payload, ephemeral) for payload, ephemeral in items]
+        if reservation is not None:
+            self._keep(reservation.key, [None if n is None else f"{n[0]}-{n[1]}" for n in numbered],
+                       reservation.ttl)
+        return numbered
 
     def publish_now(self, payload: Any, ephemeral: bool = False) -> tuple[str, int] | None:
         """``payload`` never leaves the process: the hub passes its object as is."""
@@ -54,7 +68,8 @@ class MemoryBroker(Broker):
     async def stop(self) -> None:
         self._on_publication = None
 
-    async def remember_idempotency(self, key: str, ids: list, ttl: float) -> list | None:
+    def _kept(self, key: str) -> Any:
+        """What ``key`` holds, None once expired; forgets the expired keys on the way."""
         now = time.monotonic()
         expiry = self._idempotency_expiry
         while expiry and expiry[0][0] <= now:  # memory follows the keys still live
@@ -63,19 +78,23 @@ class MemoryBroker(Broker):
             if kept is not None and kept[0] <= now:
                 del self._idempotency[old]
         kept = self._idempotency.get(key)
-        if kept is not None and kept[0] > now:
-            return kept[1]
-        self._idempotency[key] = (now + ttl, list(ids))
-        heapq.heappush(expiry, (now + ttl, key))
+        return kept[1] if kept is not None and kept[0] > now else None
+
+    def _keep(self, key: str, value: Any, ttl: float) -> None:
+        expires = time.monotonic() + ttl
+        self._idempotency[key] = (expires, value)
+        heapq.heappush(self._idempotency_expiry, (expires, key))
+
+    async def claim_idempotency(self, reservation: Reservation, deadline: float) -> Any:
+        kept = self._kept(reservation.key)
+        if kept is not None:
+            return kept
+        self._keep(reservation.key, reservation.marker, max(0.0, deadline - time.monotonic()))
         return None
 
-    async def settle_idempotency(self, key: str, ids: list, ttl: float) -> None:
-        kept = self._idempotency.get(key)
-        if kept is not None:
-            self._idempotency[key] = (kept[0], list(ids))
-
-    async def release_idempotency(self, key: str) -> None:
-        self._idempotency.pop(key, None)
+    async def release_idempotency(self, reservation: Reservation) -> None:
+        if self._kept(reservation.key) == reservation.marker:
+            del self._idempotency[reservation.key]
 
     async def broadcast(self, event: list) -> None:
         return None  # no other node

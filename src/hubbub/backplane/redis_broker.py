@@ -9,6 +9,7 @@ import logging
 import math
 import random
 import secrets
+import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,10 +17,11 @@ import orjson
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .base import (BackplaneUnavailable, Broker, NodePresence, OnEpochChange, OnEvent, OnGap,
-                   OnPublication)
+                   OnPublication, Reservation)
 
 log = logging.getLogger("hubbub.backplane")
 
@@ -27,47 +29,95 @@ FILL_BATCH = 1000  # stream entries read per XRANGE when catching up: bounds one
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
 
-# The current epoch; a missing epoch key means Redis lost its data, so a new
-# id space (ARGV[1]) starts with an empty seq and stream. KEYS: epoch, seq, stream.
-CURRENT_EPOCH = """
+
+def current_epoch(candidate: str) -> str:
+    """Lua setting ``epoch``: the current one; a missing epoch key means Redis lost
+    its data, so a new id space (``candidate``, the argument holding it) starts
+    with an empty seq and stream. KEYS: epoch, seq, stream."""
+    return f"""
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
-  epoch = ARGV[1]
+  epoch = {candidate}
   redis.call('SET', KEYS[1], epoch)
   redis.call('DEL', KEYS[2], KEYS[3])
 end
 """
 
-# Append, number and announce in one atomic step, so no two nodes hand out the
-# same seq and no subscriber hears of a seq the stream does not hold yet.
-PUBLISH = CURRENT_EPOCH + """
-local seq = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'p', ARGV[5])
-redis.call('EXPIRE', KEYS[3], ARGV[3])
-redis.call('PUBLISH', ARGV[4], epoch .. ':' .. seq .. ':' .. ARGV[5])
-return {epoch, seq}
+
+# Past the deadline (ARGV[1] of each script below, Redis time in seconds) a
+# script does nothing: the node that sent it has given up, or will before a
+# reply could reach it, and answered 503. See "Deadlines" in the package docstring.
+LATE = """
+local t = redis.call('TIME')
+if tonumber(t[1]) + tonumber(t[2]) / 1000000 > tonumber(ARGV[1]) then return 0 end
 """
 
-ENSURE_EPOCH = CURRENT_EPOCH + """
+# Append, number and announce a batch in one atomic step, so no two nodes hand
+# out the same seq, no subscriber hears of a seq the stream does not hold yet,
+# and a batch is published whole or not at all. With an Idempotency-Key
+# (KEYS[4]) it publishes only while the key holds this request's reservation
+# and replaces it with the ids in the same step: a retry replays them even if
+# this reply is lost. Returns {epoch, seq or 0 (ephemeral), ...}; 0 when late,
+# -1 when the reservation is gone.
+# KEYS: epoch, seq, stream[, idempotency key]. ARGV: deadline, candidate epoch,
+# MAXLEN, stream TTL, channel, reservation, ids TTL ms, then 'k' (kept) or 'e'
+# (ephemeral) and the payload for each publication.
+PUBLISH = LATE + """
+if KEYS[4] and redis.call('GET', KEYS[4]) ~= ARGV[6] then return -1 end
+""" + current_epoch("ARGV[2]") + """
+local out, ids, kept = {epoch}, {}, false
+for i = 8, #ARGV, 2 do
+  if ARGV[i] == 'e' then
+    redis.call('PUBLISH', ARGV[5], '-:0:' .. ARGV[i + 1])
+    out[#out + 1] = 0
+    ids[#ids + 1] = cjson.null
+  else
+    local seq = redis.call('INCR', KEYS[2])
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'p', ARGV[i + 1])
+    redis.call('PUBLISH', ARGV[5], epoch .. ':' .. seq .. ':' .. ARGV[i + 1])
+    out[#out + 1] = seq
+    ids[#ids + 1] = epoch .. '-' .. seq
+    kept = true
+  end
+end
+if kept then redis.call('EXPIRE', KEYS[3], ARGV[4]) end
+if KEYS[4] then redis.call('SET', KEYS[4], cjson.encode(ids), 'PX', ARGV[7]) end
+return out
+"""
+
+ENSURE_EPOCH = current_epoch("ARGV[1]") + """
 return {epoch, tonumber(redis.call('GET', KEYS[2]) or '0')}
 """
 
-REMEMBER = """
+# Reserve an Idempotency-Key for one request (ARGV[2], until it gives up: PX
+# ARGV[3]), or return what the key holds: the ids published with it, or
+# another request's reservation. 0 when late, 1 when reserved.
+CLAIM = LATE + """
 local kept = redis.call('GET', KEYS[1])
 if kept then return kept end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
 """
 
-# Server time, so nodes' clocks need not agree. Returns 1 when this node was
-# absent or already counted dead: its presence must be written again.
+# Forget a reservation, only if the key still holds it (never another
+# request's, never the ids a publish stored in its place).
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Server time, so nodes' clocks need not agree. Returns {fresh, seconds,
+# microseconds}: fresh is 1 when this node was absent or already counted dead
+# (its presence must be written again); the time measures the clock offset.
+# A write, so it stalls wherever a publish would (CLIENT PAUSE WRITE included).
 HEARTBEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-if (not old) or tonumber(old) < now then return 1 end
-return 0
+local fresh = 0
+if (not old) or tonumber(old) < now then fresh = 1 end
+return {fresh, t[1], t[2]}
 """
 
 # Read the topic's hash of every live node. Dead nodes are left in the zset
@@ -173,7 +223,45 @@ end
 return #gone
 """
 
-_UNREACHABLE = (RedisError, OSError)
+_UNREACHABLE = (RedisError, OSError)  # asyncio's TimeoutError included: an OSError
+_NO_ANSWER = (TimeoutError, RedisTimeoutError)  # a stall, rather than a refusal
+
+
+_background: set[asyncio.Task] = set()  # referenced until done, so none is collected early
+
+
+def in_background(awaitable) -> asyncio.Task:
+    """Run ``awaitable`` on its own; what it raises is dropped (logged at debug)."""
+    task = asyncio.ensure_future(awaitable)
+    _background.add(task)
+    task.add_done_callback(_forget)
+    return task
+
+
+def _forget(task: asyncio.Task) -> None:
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("backplane background task failed: %r", task.exception())
+
+
+async def answered_by(awaitable, deadline: float) -> Any:
+    """What ``awaitable`` returns, or TimeoutError at ``deadline`` (time.monotonic()).
+
+    At the deadline itself: the command is cancelled and left to redis-py's
+    clean-up in the background (closing the connection, handing it back to
+    the pool), which may itself wait, so the caller's answer never does.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=max(0.0, deadline - time.monotonic()))
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        in_background(task)
+        raise TimeoutError
+    return task.result()
 
 
 def stream_length_for(history_size: int) -> int:
@@ -199,12 +287,16 @@ def masked(url: str) -> str:
 class RedisBroker(Broker):
     def __init__(self, url: str, *, prefix: str = "hubbub:", history_size: int = 1000,
                  history_ttl: float = 3600.0, presence_ttl: float = 30.0,
-                 stream_length: int | None = None, timeout: float = 5.0,
+                 stream_length: int | None = None, timeout: float = 2.0,
                  pool_size: int = 32) -> None:
         self.url = url
         self.prefix = prefix
         self.epoch = ""
+        # Measured, not assumed: healthy while the subscription is up and
+        # caught up, and the last heartbeat was answered in time.
         self.healthy = False
+        self._subscribed = False
+        self._answering = False
         self.node = secrets.token_hex(8)
         self.stream_length = stream_length or stream_length_for(history_size)
         self.history_ttl = max(1, math.ceil(history_ttl))
@@ -217,7 +309,15 @@ class RedisBroker(Broker):
         # Presence hashes outlive their node's heartbeat (listings read live
         # nodes only), so the node that reaps a dead one still finds its users.
         self._presence_ttl_ms = max(1, int(presence_ttl * 2000))
+        # The bound on every publish, from its call to its answer (pool, script,
+        # reply), and on noticing a Redis that stopped answering (see _watch).
         self.timeout = timeout
+        # The heartbeat is also the probe of Redis's health: every
+        # `probe_every`, allowed timeout/2, so a stall is noticed within 3/4 of
+        # the timeout; often enough too that one lost beat leaves the node live.
+        self.probe_every = min(timeout / 4, presence_ttl / 3)
+        self.clock_offset = 0.0  # Redis's clock minus time.monotonic(), from the last heartbeat
+        self.clock_error = math.inf  # at most this far off: half the heartbeat's round trip
         self.channel = f"{prefix}publications"
         # Fleet events (presence join/leave, per-user inbox events): not
         # publications, so never numbered, kept or matched against topics,
@@ -234,18 +334,25 @@ class RedisBroker(Broker):
         # No retries inside redis-py: a publish retried after a lost reply could
         # run twice, and reconnecting is this class's job (with backoff).
         no_retry = Retry(NoBackoff(), 0)
-        # Commands: a bounded pool; a caller waits at most `timeout` for a connection.
+        # Commands: a bounded pool. The callers bound each whole command (the
+        # wait for a connection included) with their deadline; these timeouts
+        # only back that up.
         self._redis = Redis.from_pool(BlockingConnectionPool.from_url(
             url, max_connections=pool_size, timeout=timeout, socket_timeout=timeout,
             socket_connect_timeout=timeout, retry=no_retry))
+        # The heartbeat: a connection of its own, so that a full pool (a busy
+        # node, not a stalled Redis) never makes it late.
+        self._probe_redis = Redis.from_pool(ConnectionPool.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=no_retry))
         # The subscription: its own connection, no read timeout (it waits for publications).
         self._sub_redis = Redis.from_pool(ConnectionPool.from_url(
             url, socket_timeout=None, socket_connect_timeout=timeout, socket_keepalive=True,
             retry=no_retry))
         self._publish = self._redis.register_script(PUBLISH)
         self._ensure_epoch = self._redis.register_script(ENSURE_EPOCH)
-        self._remember = self._redis.register_script(REMEMBER)
-        self._heartbeat_script = self._redis.register_script(HEARTBEAT)
+        self._claim = self._redis.register_script(CLAIM)
+        self._release = self._redis.register_script(RELEASE)
+        self._heartbeat_script = self._probe_redis.register_script(HEARTBEAT)
         self._presence_list = self._redis.register_script(PRESENCE_LIST)
         self._presence_update = self._redis.register_script(PRESENCE_UPDATE)
         self._reap = self._redis.register_script(REAP)
@@ -278,15 +385,17 @@ class RedisBroker(Broker):
         self._on_gap = on_gap
         self._on_event = on_event
         try:
-            await self._heartbeat()
+            await self._heartbeat()  # measures the clock offset the deadlines need
             pubsub = await self._connect(backfill=backfill)
         except _UNREACHABLE as error:
             await self._close_clients()
             raise BackplaneUnavailable(f"cannot reach the backplane at {masked(self.url)}:"
-                                       f" {error}") from None
-        self._set_health(True)
+                                       f" {error or 'no answer in time'}") from None
+        self._subscribed = self._answering = True
+        self._health_changed()
         self._tasks = [asyncio.ensure_future(self._subscriber(pubsub)),
-                       asyncio.ensure_future(self._heartbeats()),
+                       asyncio.ensure_future(self._watch()),
+                       asyncio.ensure_future(self._presence_refresher()),
                        asyncio.ensure_future(self._reaper())]
 
     async def stop(self) -> None:
@@ -302,8 +411,9 @@ class RedisBroker(Broker):
         self._tasks = []
         self.healthy = False  # stopped, not unreachable: nothing to warn about
         try:  # leave presence now rather than after PRESENCE_TTL, announcing the leaves
-            await self._reap(keys=[self._nodes_key],
-                             args=[self.prefix, self.events_channel, self.node])
+            async with asyncio.timeout(self.timeout):
+                await self._reap(keys=[self._nodes_key],
+                                 args=[self.prefix, self.events_channel, self.node])
         except _UNREACHABLE:
             pass
         await self._close_clients()
@@ -314,38 +424,95 @@ class RedisBroker(Broker):
             self._pubsub = None
         await self._redis.aclose()
         await self._sub_redis.aclose()
+        await self._probe_redis.aclose()
 
-    def _set_health(self, healthy: bool) -> None:
+    def _health_changed(self, reason: str = "") -> None:
+        healthy = self._subscribed and self._answering and not self._stopping
         if healthy != self.healthy:
             self.healthy = healthy
             if healthy:
                 log.info("backplane connected (%s, epoch %s)", masked(self.url), self.epoch)
-            else:
-                log.warning("backplane unreachable (%s): publishes fail with 503 until it is back",
-                            masked(self.url))
+            elif not self._stopping:
+                log.warning("backplane unreachable (%s%s): publishes fail with 503 until it is back",
+                            masked(self.url), f", {reason}" if reason else "")
 
     # -- publishing -----------------------------------------------------------
-    async def publish(self, payload: bytes, ephemeral: bool = False) -> tuple[str, int] | None:
+    async def publish(self, payload: bytes, ephemeral: bool = False,
+                      deadline: float | None = None) -> tuple[str, int] | None:
         """Publish to every node; returns (epoch, seq), or None when ephemeral.
 
-        Returns only once Redis holds the publication; raises
-        BackplaneUnavailable (503) otherwise. A publish whose reply was lost
-        (timeout) may still have been applied: the caller sees a 503 and a
-        retry may publish twice (the Idempotency-Key is for that), but an
-        acknowledged publication is never dropped.
+        See ``publish_all``: the same, for one publication.
+        """
+        return (await self.publish_all([(payload, ephemeral)], deadline))[0]
+
+    async def publish_all(self, items: list[tuple[bytes, bool]], deadline: float | None = None,
+                          reservation: Reservation | None = None) -> list[tuple[str, int] | None]:
+        """Publish ``(payload, ephemeral)`` items, all in one atomic step; (epoch, seq) for
+        each, None for an ephemeral one.
+
+        Answers by ``deadline`` (time.monotonic(); default: ``timeout`` from
+        now), counting everything: the wait for a pooled connection, the
+        script and its reply. Returns only once Redis holds the
+        publications; otherwise raises BackplaneUnavailable (503), and then
+        none of them is ever delivered, whatever Redis does later: the
+        script refuses to run past ``deadline - timeout/2`` (Redis's clock),
+        see "Deadlines" in the package docstring for the one narrow window
+        left. With a ``reservation`` the ids are stored under its
+        Idempotency-Key in the same step, and only while the key holds it.
         """
         if not self.healthy:
             raise BackplaneUnavailable("backplane unavailable: Redis is unreachable")
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        keys = self._epoch_keys
+        held = ids_ttl = b""
+        if reservation is not None:
+            keys = [*keys, self._idempotency_key(reservation.key)]
+            held, ids_ttl = orjson.dumps(reservation.marker), max(1, int(reservation.ttl * 1000))
+        args = [self._script_deadline(deadline), self._candidate, self.stream_length,
+                self.history_ttl, self.channel, held, ids_ttl]
+        for payload, ephemeral in items:
+            args += (b"e" if ephemeral else b"k", payload)
+        result = await self._run(self._publish, keys, args, deadline, "the publish")
+        if result == -1:
+            raise BackplaneUnavailable("backplane unavailable: the Idempotency-Key reservation"
+                                       " expired before the publish; nothing was published")
+        epoch = self._epoch_seen(result[0])
+        return [(epoch, seq) if seq else None for seq in result[1:]]
+
+    # -- deadlines --------------------------------------------------------------
+    def _script_deadline(self, deadline: float) -> bytes:
+        """When, in Redis's clock, a script of a caller that gives up at
+        ``deadline`` must stop doing anything: half the timeout before it.
+
+        A script that ran by then has its reply read before ``deadline``
+        unless the reply takes over timeout/2 - clock_error to come back (see
+        "Deadlines" in the package docstring).
+        """
+        return b"%.6f" % (deadline - self.timeout / 2 + self.clock_offset)
+
+    async def _run(self, script, keys: list, args: list, deadline: float, what: str) -> Any:
+        """Run a script whose first argument is its deadline, answering by ``deadline``.
+
+        Raises BackplaneUnavailable (503) if the script is late (then it did
+        nothing), when Redis cannot be reached or does not answer in time.
+        """
+        if time.monotonic() >= deadline - self.timeout / 2:  # it would arrive late: don't send
+            raise BackplaneUnavailable(f"backplane unavailable: {what} could not be sent within"
+                                       f" {self.timeout / 2:g} s")
         try:
-            if ephemeral:  # not kept: announced only, seq 0
-                await self._redis.publish(self.channel, b"-:0:" + payload)
-                return None
-            epoch, seq = await self._publish(
-                keys=self._epoch_keys,
-                args=[self._candidate, self.stream_length, self.history_ttl, self.channel, payload])
+            result = await answered_by(script(keys=keys, args=args), deadline)
+        except _NO_ANSWER:
+            # The heartbeat notices too, within 3/4 of the timeout; this may be sooner.
+            self._stalled(f"no answer to {what} within {self.timeout:g} s")
+            raise BackplaneUnavailable(f"backplane unavailable: no answer from Redis to {what} in"
+                                       f" time ({self.timeout:g} s); nothing was published") from None
         except _UNREACHABLE as error:
             raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
-        return self._epoch_seen(epoch), seq
+        if result == 0:
+            raise BackplaneUnavailable(f"backplane unavailable: Redis ran {what} after its"
+                                       f" deadline, so it did nothing")
+        return result
 
     # -- the subscription -----------------------------------------------------
     async def _connect(self, backfill: int | None = None):
@@ -357,10 +524,14 @@ class RedisBroker(Broker):
         """
         pubsub = self._sub_redis.pubsub()
         try:
-            await pubsub.subscribe(self.channel, self.events_channel)
-            for _ in range(2):  # the confirmations
-                await asyncio.wait_for(pubsub.get_message(timeout=None), self.timeout)
-            epoch, seq_now = await self._ensure_epoch(keys=self._epoch_keys, args=[self._candidate])
+            # Bounded: a stalled Redis still accepts connections (the kernel
+            # does), then answers nothing.
+            async with asyncio.timeout(self.timeout):
+                await pubsub.subscribe(self.channel, self.events_channel)
+                for _ in range(2):  # the confirmations
+                    await pubsub.get_message(timeout=None)
+                epoch, seq_now = await self._ensure_epoch(keys=self._epoch_keys,
+                                                          args=[self._candidate])
             epoch = self._epoch_seen(epoch)
             if backfill is not None:  # first start: resume `backfill` publications back
                 self.epoch, self._epoch_b = epoch, epoch.encode()
@@ -389,7 +560,7 @@ class RedisBroker(Broker):
             if pubsub is None:
                 try:
                     pubsub = await self._connect()
-                except _UNREACHABLE + (asyncio.TimeoutError,) as error:
+                except _UNREACHABLE as error:  # TimeoutError included: an OSError
                     log.debug("backplane reconnect failed: %s", error)
                     await asyncio.sleep(random.uniform(delay / 2, delay))
                     delay = min(delay * 2, BACKOFF_MAX)
@@ -398,7 +569,8 @@ class RedisBroker(Broker):
                 self.reconnects += 1
                 # Connections pooled before the outage are dead; drop the idle ones.
                 await self._redis.connection_pool.disconnect(inuse_connections=False)
-                self._set_health(True)
+                self._subscribed = True
+                self._health_changed()
             try:
                 async for message in pubsub.listen():
                     if message["type"] == "message":
@@ -408,7 +580,8 @@ class RedisBroker(Broker):
                             await self._receive(message["data"])
             except _UNREACHABLE as error:
                 log.debug("backplane subscription lost: %s", error)
-            self._set_health(False)
+            self._subscribed = False
+            self._health_changed("subscription lost")
             self._pubsub = None
             await pubsub.aclose()
             pubsub = None
@@ -463,7 +636,9 @@ class RedisBroker(Broker):
         if not self.healthy:
             raise BackplaneUnavailable("backplane unavailable: Redis is unreachable")
         try:
-            await self._redis.publish(self.events_channel, self._node_b + b"\n" + orjson.dumps(event))
+            async with asyncio.timeout(self.timeout):
+                await self._redis.publish(self.events_channel,
+                                          self._node_b + b"\n" + orjson.dumps(event))
         except _UNREACHABLE as error:
             raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
 
@@ -486,27 +661,35 @@ class RedisBroker(Broker):
             self._on_gap(upto)
 
     # -- idempotency ----------------------------------------------------------
-    async def remember_idempotency(self, key: str, ids: list, ttl: float) -> list | None:
-        """Store ``ids`` under ``key`` unless it is there; the ids stored first if it was."""
+    def _idempotency_key(self, key: str) -> str:
+        return f"{self.prefix}idempotency:{key}"
+
+    async def claim_idempotency(self, reservation: Reservation, deadline: float) -> Any:
+        """Reserve the key for the request that gives up at ``deadline``; None when
+        reserved, else what it holds: the ids a request with this key published
+        (a list), or another request's reservation (a dict).
+
+        The reservation lasts until ``deadline`` at most, so a request that
+        could not release it (Redis unreachable) holds it no longer than it
+        could still publish with it. A claim that reaches Redis late reserves
+        nothing (BackplaneUnavailable).
+        """
         if not self.healthy:
             raise BackplaneUnavailable("backplane unavailable: Redis is unreachable")
-        try:
-            kept = await self._remember(keys=[f"{self.prefix}idempotency:{key}"],
-                                        args=[orjson.dumps(ids), max(1, int(ttl * 1000))])
-        except _UNREACHABLE as error:
-            raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
-        return None if kept is None else orjson.loads(kept)
+        lasts_ms = max(1, math.ceil((deadline - time.monotonic()) * 1000))
+        kept = await self._run(self._claim, [self._idempotency_key(reservation.key)],
+                               [self._script_deadline(deadline), orjson.dumps(reservation.marker),
+                                lasts_ms], deadline, "the Idempotency-Key claim")
+        return None if kept == 1 else orjson.loads(kept)
 
-    async def settle_idempotency(self, key: str, ids: list, ttl: float) -> None:
-        try:  # XX: only a reservation still there (an expired one is not revived)
-            await self._redis.set(f"{self.prefix}idempotency:{key}", orjson.dumps(ids),
-                                  px=max(1, int(ttl * 1000)), xx=True)
-        except _UNREACHABLE as error:
-            raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
-
-    async def release_idempotency(self, key: str) -> None:
+    async def release_idempotency(self, reservation: Reservation) -> None:
+        """Forget the reservation if the key still holds it. Safe whenever it
+        runs: a publish that comes later is past its deadline or finds the
+        reservation gone, and ids a publish stored in its place are kept."""
         try:
-            await self._redis.delete(f"{self.prefix}idempotency:{key}")
+            async with asyncio.timeout(self.timeout):
+                await self._release(keys=[self._idempotency_key(reservation.key)],
+                                    args=[orjson.dumps(reservation.marker)])
         except _UNREACHABLE as error:
             raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
 
@@ -557,8 +740,9 @@ class RedisBroker(Broker):
         if not self.healthy:
             raise BackplaneUnavailable("backplane unavailable: Redis is unreachable")
         try:
-            hashes = await self._presence_list(keys=[self._nodes_key],
-                                               args=[f"{self.prefix}presence:", topic])
+            async with asyncio.timeout(self.timeout):
+                hashes = await self._presence_list(keys=[self._nodes_key],
+                                                   args=[f"{self.prefix}presence:", topic])
         except _UNREACHABLE as error:
             raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
         users: dict[str, dict[str, Any]] = {}
@@ -571,34 +755,83 @@ class RedisBroker(Broker):
                     seen["info"] = info
         return users
 
-    async def _heartbeats(self) -> None:
-        # Three beats per PRESENCE_TTL (at most 5 s apart, so a hung Redis is
-        # noticed quickly): one lost beat does not make a live node look dead.
+    # -- health: measured by the heartbeat -------------------------------------
+    async def _watch(self) -> None:
+        """Heartbeat every ``probe_every`` s; no answer within timeout/2 is a stall.
+
+        So a Redis that stops answering without closing its sockets (SIGSTOP,
+        a partition) turns ``healthy`` False within 3/4 of the timeout even
+        when nobody publishes, before any publish waiting on it gives up.
+        """
+        while not self._stopping:
+            await asyncio.sleep(self.probe_every)
+            try:
+                await self._heartbeat()
+            except _NO_ANSWER:
+                self._presence_dirty = True  # updates may be missed meanwhile: write all again
+                self._stalled(f"no answer to the heartbeat within {self.timeout / 2:g} s")
+            except _UNREACHABLE as error:
+                # Refused or reset: Redis is down (the subscription then ends by
+                # itself, after reading what had reached it) or out of connections.
+                self._presence_dirty = True
+                self._answering = False
+                self._health_changed(f"heartbeat: {error}")
+            else:
+                self._answering = True
+                self._health_changed()
+
+    async def _heartbeat(self) -> None:
+        """Mark this node live (HEARTBEAT) within timeout/2, and measure Redis's clock.
+
+        Redis read its clock somewhere between sending and receiving, so the
+        offset taken at the midpoint is off by at most half the round trip.
+        """
+        sent = time.monotonic()
+        fresh, seconds, micros = await answered_by(
+            self._heartbeat_script(keys=[self._nodes_key], args=[self.node, self._node_ttl]),
+            sent + self.timeout / 2)
+        received = time.monotonic()
+        self.clock_offset = int(seconds) + int(micros) / 1e6 - (sent + received) / 2
+        self.clock_error = (received - sent) / 2
+        if fresh:  # Redis lost this node's entry (a restart), or counted it dead
+            self._presence_dirty = True
+
+    def _stalled(self, reason: str) -> None:
+        """Redis did not answer in time: unhealthy now (publishes refused at once,
+        /healthz 503) until a heartbeat is answered again, and the subscription
+        dropped, since its socket may say nothing for ever: the subscriber
+        reconnects, and is healthy again once caught up."""
+        self._answering = False
+        self._health_changed(reason)
+        connection = self._pubsub.connection if self._pubsub is not None else None
+        if connection is not None and not self._stopping:
+            in_background(connection.disconnect(nowait=True))  # the caller answers now
+
+    async def _presence_refresher(self) -> None:
+        # Three refreshes per PRESENCE_TTL (at most 5 s apart): the presence
+        # keys (PEXPIRE 2 x PRESENCE_TTL) outlive a lost one.
         every = min(self.presence_ttl / 3, 5.0)
         while not self._stopping:
             await asyncio.sleep(every)
+            if not self.healthy:
+                continue  # written again once it is back (dirty)
             try:
-                await self._heartbeat()
+                async with asyncio.timeout(self.timeout):
+                    await self._refresh_presence()
             except _UNREACHABLE as error:
-                self._presence_dirty = True
-                # The subscription may sit on a socket that says nothing (a hung Redis).
-                if self.healthy and not self._stopping:
-                    log.warning("backplane heartbeat failed: %s", error)
-                    self._set_health(False)
-                    if self._pubsub is not None:
-                        await self._pubsub.connection.disconnect()
+                log.debug("backplane presence refresh failed: %s", error)
 
-    async def _heartbeat(self) -> None:
+    async def _refresh_presence(self) -> None:
+        """Extend this node's presence keys; write them all again when dirty."""
         ttl = self._presence_ttl_ms
         async with self._presence_lock:
-            fresh = await self._heartbeat_script(keys=[self._nodes_key],
-                                                 args=[self.node, self._node_ttl])
-            rewrite = bool(fresh) or self._presence_dirty
+            rewrite, gone = self._presence_dirty, self._presence_gone
             if not rewrite and not self._presence.topics:
                 return
+            self._presence_dirty, self._presence_gone = False, set()
             pipe = self._redis.pipeline(transaction=rewrite)
             if rewrite:
-                for topic in self._presence_gone - self._presence.topics.keys():
+                for topic in gone - self._presence.topics.keys():
                     pipe.delete(self._presence_key(topic))
                 pipe.delete(self._topics_key)
                 if self._presence.topics:
@@ -611,10 +844,12 @@ class RedisBroker(Broker):
                     pipe.delete(key)
                     pipe.hset(key, mapping={u: orjson.dumps(e) for u, e in users.items()})
                 pipe.pexpire(key, ttl)
-            await pipe.execute()
-            if rewrite:
-                self._presence_dirty = False
-                self._presence_gone.clear()
+            try:
+                await pipe.execute()
+            except BaseException:  # a timeout included: write it all next time
+                self._presence_dirty = True
+                self._presence_gone |= gone
+                raise
 
     async def _reaper(self) -> None:
         """Retire dead nodes (REAP) every ``reap_every`` seconds; see PRESENCE_UPDATE."""

@@ -51,6 +51,7 @@ from .registry import Registry
 if TYPE_CHECKING:
     from ..auth import Principal
     from ..backplane import Broker
+    from ..backplane.base import Reservation
     from ..config import Config
 
 log = logging.getLogger("hubbub")
@@ -213,6 +214,22 @@ class HubCore:
         numbered = await self.broker.publish(encode(pub), pub.ephemeral)
         self.counters.published += 1  # counted where accepted: workers' and nodes' counts add up
         return None if numbered is None else f"{numbered[0]}-{numbered[1]}"
+
+    async def submit_all(self, pubs: list[Publication], deadline: float | None = None,
+                         reservation: "Reservation | None" = None) -> list[str | None]:
+        """Publish prepared publications all at once, or none; their event ids.
+
+        Raises HubError 503 by ``deadline`` (time.monotonic()) when the
+        backplane cannot take them: then none is ever delivered. With a
+        ``reservation`` the broker stores the ids under its Idempotency-Key.
+        """
+        if self.stopping:
+            raise HubError(503, "hub is shutting down")
+        # The memory broker never leaves the process: it carries the Publication itself.
+        items = [(pub if self.broker.synchronous else encode(pub), pub.ephemeral) for pub in pubs]
+        numbered = await self.broker.publish_all(items, deadline, reservation)
+        self.counters.published += len(pubs)
+        return [None if n is None else f"{n[0]}-{n[1]}" for n in numbered]
 
     def publish_now(self, pub: Publication) -> str | None:
         """Publish in this step, no await (only with a synchronous broker: memory).

@@ -1,6 +1,7 @@
 """``POST /publish`` (SPEC 3): one publication or an array, with Idempotency-Key."""
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import orjson
@@ -24,47 +25,37 @@ class PublishEndpoint:
     Idempotency keys live in the backplane (in the process with the memory
     broker, in Redis across the fleet): the key is reserved before anything
     is published, so the same key sent to two nodes at once publishes once.
+
+    Every request is answered within HUBBUB_BACKPLANE_TIMEOUT of its start,
+    claim and publish together; a 503 means nothing of it was published,
+    ever (see hubbub.backplane, "Deadlines"), so a retry is safe.
     """
 
     def __init__(self, core: "HubCore", auth: "Authenticator") -> None:
         self.core = core
         self.auth = auth
-        self.idempotency = IdempotencyGuard(core.broker, IDEMPOTENCY_TTL)
+        self.timeout = core.config.backplane_timeout
+        self.idempotency = IdempotencyGuard(core.broker, IDEMPOTENCY_TTL, self.timeout)
 
     async def __call__(self, request: "Request", body: bytes) -> Response:
-        key = None
+        deadline = time.monotonic() + self.timeout
+        reservation = None
         try:
             self.auth.check_api_key(request)
             prepared = self._prepare(body)  # a bad request is refused before the key is claimed
             key = request.header("idempotency-key")
             if key is not None:
-                remembered = await self.idempotency.claim(key)
+                reservation, remembered = await self.idempotency.claim(key, deadline)
                 if remembered is not None:
                     return 200, {"ids": remembered}, [("idempotent-replayed", "true")]
-            ids = await self._publish(prepared)
-            if key is not None:
-                await self.idempotency.settle(key, ids)
+            # All validated first: a batch is published whole or not at all (one
+            # atomic step), its ids stored under the key in that same step.
+            ids = await self.core.submit_all(prepared, deadline, reservation)
         except HubError as error:
-            if key is not None and error.code != 409:
-                await self.idempotency.release(key)  # nothing was published: a retry may
+            if reservation is not None:
+                self.idempotency.release(reservation)  # nothing was published: a retry may
             return error_response(error)
         return 200, {"ids": ids}, []
-
-    async def _publish(self, prepared: list) -> list:
-        # All validated first: a batch is published whole or not at all.
-        # (With the memory broker it cannot fail half-way. Over Redis each
-        # publication is one atomic script; an outage in the middle of a
-        # batch fails the rest with 503 and names the ids already published.)
-        ids = []
-        for pub in prepared:
-            try:
-                ids.append(await self.core.submit(pub))
-            except HubError as error:
-                if not ids:
-                    raise
-                raise HubError(error.code, f"{error.reason}; published before the failure:"
-                                           f" {ids}") from None
-        return ids
 
     def _prepare(self, body: bytes) -> list:
         try:
