@@ -187,6 +187,7 @@ async def test_rs256_tokens_work_and_headers_and_cookies_carry_tokens(secured, p
 async def test_publish_rate_limit_then_persistent_abuse_closes_1008(secured, port_kind):
     claims = {"publish": ["public.>"]}
     async with ws_connect(secured.url(port_kind, f"/ws?token={token('frank', **claims)}", "ws")) as ws:
+        started = time.monotonic()
         for i in range(40):
             await ws.send(json.dumps({"op": "publish", "topic": "public.flood", "data": i, "id": i}))
         replies = []
@@ -194,9 +195,12 @@ async def test_publish_rate_limit_then_persistent_abuse_closes_1008(secured, por
             async with asyncio.timeout(10):
                 while True:
                     replies.extend(json.loads(line) for line in (await ws.recv()).split("\n"))
+        elapsed = time.monotonic() - started
         acks = [r for r in replies if r["op"] == "ack"]
         limited = [r for r in replies if r["op"] == "error" and r["code"] == 429]
-        assert 10 <= len(acks) <= 12  # the burst (2 x 5/s), plus what refilled meanwhile
+        # The burst (2 x 5/s), plus at most what refilled at 5/s while the hub read the
+        # flood (a loaded machine reads it slower: the bound follows the time it took).
+        assert 10 <= len(acks) <= 10 + 5 * elapsed + 1, (len(acks), elapsed)
         assert limited
         assert closed.value.rcvd.code == 1008
 

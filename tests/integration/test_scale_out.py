@@ -341,20 +341,22 @@ async def test_two_workers_on_one_port_are_one_hub(shared, nodes):
             await subscribe(ws, "w.*")
             sockets.append(ws)
         # Both workers hold subscribers (each /healthz is answered by one of them).
+        # Async requests: a blocking call would stall the subscribers' own loop
+        # past a liveness period, and the hub would drop them as silent.
         per_worker: dict[int, int] = {}
-        for _ in range(60):
-            body = httpx.get(proc.base + "/healthz", timeout=5, headers={"connection": "close"}).json()
-            per_worker[body["worker"]] = body["connections"]
-            if len(per_worker) == 2:
-                break
-        assert len(per_worker) == 2 and sum(per_worker.values()) == 12, per_worker
+        async with httpx.AsyncClient(timeout=5, headers={"connection": "close"}) as client:
+            for _ in range(60):
+                body = (await client.get(proc.base + "/healthz")).json()
+                per_worker[body["worker"]] = body["connections"]
+                if len(per_worker) == 2:
+                    break
+            assert len(per_worker) == 2 and sum(per_worker.values()) == 12, per_worker
 
-        ids = []
-        for i in range(30):  # a new HTTP connection each: publishes land on either worker
-            response = httpx.post(proc.base + "/publish", json={"topic": "w.t", "data": i},
-                                  headers={"connection": "close"}, timeout=5)
-            assert response.status_code == 200, response.text
-            ids.extend(response.json()["ids"])
+            ids = []
+            for i in range(30):  # a new HTTP connection each: publishes land on either worker
+                response = await client.post(proc.base + "/publish", json={"topic": "w.t", "data": i})
+                assert response.status_code == 200, response.text
+                ids.extend(response.json()["ids"])
         for ws in sockets:
             got = await read(ws, 30)
             assert [m["id"] for m in got] == ids and [m["data"] for m in got] == list(range(30))
