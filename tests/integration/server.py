@@ -99,14 +99,18 @@ class HubProcess:
                     raise PortTaken(output)
                 raise RuntimeError(f"hub exited at start:\n{output}")
             try:
-                if httpx.get(self.base + "/healthz", timeout=1, verify=self.tls or True).status_code == 200 and \
-                        _port_open(self.fast_port):
+                if self.serving():
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"hub did not start in time:\n{self.output()}")
+
+    def serving(self) -> bool:
+        """Whether the started hub serves yet: ready on PORT, and FAST_PORT open."""
+        return httpx.get(self.base + "/healthz", timeout=1, verify=self.tls or True).status_code == 200 \
+            and _port_open(self.fast_port)
 
     def output(self) -> str:
         self.log.flush()
