@@ -15,6 +15,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from . import signals
 from .auth import AuthenticateHook, Authenticator
 from .backplane import broker_for
@@ -27,6 +29,8 @@ from .endpoints.operations import OperationsEndpoints
 from .endpoints.presence import PresenceEndpoint
 from .endpoints.publish import PublishEndpoint
 from .endpoints.router import Router
+from .endpoints.server_api import (MAX_LIMIT, ServerAPI, disconnect_args, history_answer, history_topic,
+                                   unsubscribe_args)
 from .errors import HubError
 from .priority import Priority
 from .services.inbox import Inbox
@@ -67,12 +71,14 @@ class Hub:
         self.notifications = NotificationsGate(auth)
         # -- endpoints, and what the transports share
         self.operations = OperationsEndpoints(config, auth, core, self.telemetry)
+        self.server_api = ServerAPI(core, auth, self.user_events)
         self.router = Router(dev=config.dev, publish=PublishEndpoint(core, auth),
                              presence=PresenceEndpoint(auth, self.presence),
                              notifications=self.notifications, operations=self.operations,
                              # Ready once started, with the backplane up and the store open.
                              health=HealthEndpoints(core, lambda: self.started,
-                                                    self.notifications.unavailable))
+                                                    self.notifications.unavailable),
+                             server_api=self.server_api)
         self.streams = Streams(config, core, auth, self.presence)
         # -- lifecycle
         self.started = False
@@ -273,6 +279,33 @@ class Hub:
         if self.inbox is None:
             raise HubError(503, f"notification store unavailable: {self.notifications.error}")
         return await self.inbox.notify(user, title, message, level=level, priority=priority, data=data)
+
+    async def disconnect(self, user: str, code: int = 4403, reason: str = "") -> int:
+        """Close every connection of ``user`` on every node, as ``POST /disconnect``
+        (WS close ``code``, SSE ``event: disconnect``, a waiting poll 410).
+        Returns how many were closed on this node. HubError 400 for an invalid
+        argument, 503 when the backplane cannot tell the other nodes."""
+        user, code, reason = disconnect_args({"user": user, "code": code, "reason": reason})
+        return await self.user_events.disconnect(user, code, reason)
+
+    async def unsubscribe_user(self, user: str, topic: str) -> int:
+        """Drop the subscription ``topic`` (the exact pattern subscribed) from every
+        connection of ``user`` on every node, as ``POST /unsubscribe``; returns
+        this node's count. (``unsubscribe`` is one connection's.)"""
+        user, topic = unsubscribe_args({"user": user, "topic": topic})
+        return await self.user_events.unsubscribe(user, topic)
+
+    def history(self, topic: str, since: str | None = None, limit: int = 100) -> dict[str, Any]:
+        """The kept publications of ``topic``, as ``GET /history/{topic}`` (the
+        envelopes as dicts)."""
+        if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
+            raise HubError(400, f"'limit' must be an integer from 1 to {MAX_LIMIT}")
+        return history_answer(self.core, history_topic(topic), since, limit, orjson.loads)
+
+    def topics(self, prefix: str = "") -> dict[str, int]:
+        """Subscribed patterns of this node's live connections (starting with
+        ``prefix``) and how many connections hold each."""
+        return self.core.topic_counts(prefix)
 
     def stats(self) -> dict[str, Any]:
         return self.core.stats()

@@ -1,4 +1,5 @@
-"""``hubbub serve | publish | config`` (SPEC section 1)."""
+"""``hubbub serve | publish | config`` (SPEC section 1) and the server API's
+``disconnect | unsubscribe | history | topics`` (SPEC 10)."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,7 @@ import shutil
 import sys
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -43,6 +45,28 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("--event")
     publish.add_argument("--url", default=None, help="hub base URL (default http://HUBBUB_HOST:HUBBUB_PORT)")
 
+    url_help = "hub base URL (default http://HUBBUB_HOST:HUBBUB_PORT)"
+    disconnect = commands.add_parser("disconnect", help="close every connection of a user (fleet-wide)")
+    disconnect.add_argument("user")
+    disconnect.add_argument("--code", type=int, help="WS close code, 4000-4999 (default 4403)")
+    disconnect.add_argument("--reason", help="close reason, at most 120 bytes")
+    disconnect.add_argument("--url", default=None, help=url_help)
+
+    unsubscribe = commands.add_parser("unsubscribe", help="drop a user's subscription (fleet-wide)")
+    unsubscribe.add_argument("user")
+    unsubscribe.add_argument("topic", help="the pattern exactly as subscribed")
+    unsubscribe.add_argument("--url", default=None, help=url_help)
+
+    history = commands.add_parser("history", help="kept publications of a topic")
+    history.add_argument("topic")
+    history.add_argument("--since", help="an event id: only what came after it")
+    history.add_argument("--limit", type=int, help="1-1000 (default 100)")
+    history.add_argument("--url", default=None, help=url_help)
+
+    topics = commands.add_parser("topics", help="subscribed topics of the node, with counts")
+    topics.add_argument("--prefix")
+    topics.add_argument("--url", default=None, help=url_help)
+
     commands.add_parser("config", help="print the effective configuration (secrets masked)")
 
     # Listed for --help only: everything after "bench" is the benchmark's own
@@ -55,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve_command(args)
     if args.command == "publish":
         return publish_command(args)
+    if args.command in SERVER_API:
+        return server_api_command(args)
     return config_command()
 
 
@@ -155,11 +181,48 @@ def publish_command(args: argparse.Namespace) -> int:
     body = {"topic": args.topic, "data": data}
     if args.event:
         body["event"] = args.event
-    base = args.url or f"http://{config.host}:{config.port}"
-    request = urllib.request.Request(
-        base.rstrip("/") + "/publish", data=json.dumps(body).encode(), method="POST",
-        headers={"content-type": "application/json",
-                 **({"authorization": f"Bearer {config.api_key}"} if config.api_key else {})})
+    return call_api(config, args.url, "POST", "/publish", body)
+
+
+def server_api_command(args: argparse.Namespace) -> int:
+    """One server API call; its JSON answer printed. Arguments the hub checks
+    (code range, reason length, limit) are left to it: it names the field."""
+    config = _load()
+    if config is None:
+        return EXIT_CONFIG
+    method, path, body = SERVER_API[args.command](args)
+    return call_api(config, args.url, method, path, body)
+
+
+def _drop_none(**fields) -> dict:
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+SERVER_API = {
+    "disconnect": lambda a: ("POST", "/disconnect",
+                             _drop_none(user=a.user, code=a.code, reason=a.reason)),
+    "unsubscribe": lambda a: ("POST", "/unsubscribe", {"user": a.user, "topic": a.topic}),
+    "history": lambda a: ("GET", "/history/" + urllib.parse.quote(a.topic, safe="")
+                          + _query(since=a.since, limit=a.limit), None),
+    "topics": lambda a: ("GET", "/topics" + _query(prefix=a.prefix), None),
+}
+
+
+def _query(**params) -> str:
+    given = _drop_none(**params)
+    return "?" + urllib.parse.urlencode(given) if given else ""
+
+
+def call_api(config: Config, url: str | None, method: str, path: str, body: dict | None) -> int:
+    """Call the hub's HTTP API with HUBBUB_API_KEY as Bearer; print the answer.
+    Exit 0, or 1 for an HTTP error or an unreachable hub."""
+    base = url or f"http://{config.host}:{config.port}"
+    headers = {"authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["content-type"] = "application/json"
+    request = urllib.request.Request(base.rstrip("/") + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             print(response.read().decode())
@@ -170,7 +233,6 @@ def publish_command(args: argparse.Namespace) -> int:
     except urllib.error.URLError as error:
         print(f"hubbub: cannot reach {base}: {error.reason}", file=sys.stderr)
         return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -112,3 +112,30 @@ def user_event(fmt: int, event: str, payload: Any) -> bytes:
     if fmt == WS:
         return b'{"op":"' + event.encode() + b'","data":' + orjson.dumps(payload) + b"}"
     return b'{"event":"' + event.encode() + b'","data":' + orjson.dumps(payload) + b"}"
+
+
+# A long-poll closed by the server API (``POST /disconnect``) answers this
+# status instead of its messages: a poll client is not connected between
+# polls, so the answer is the only place it can learn it was disconnected.
+POLL_DISCONNECTED = 410
+
+
+def disconnect_frame(fmt: int, code: int, reason: str) -> bytes | None:
+    """The frame that tells a connection it is being disconnected (``POST
+    /disconnect``), sent just before it is closed: SSE ``event: disconnect``
+    ``{code, reason}`` (its stream then ends). None for WS, whose close frame
+    carries the code and reason itself, and for poll, answered 410."""
+    if fmt == SSE:
+        return sse_event("disconnect", {"code": code, "reason": reason})
+    return None
+
+
+def unsubscribed_frame(fmt: int, topic: str) -> bytes | None:
+    """The notice that the server removed a subscription (``POST /unsubscribe``):
+    WS ``{"op":"unsubscribed","topic":..}``, SSE ``event: unsubscribed``
+    ``{"topic":..}``. None for poll: its subscriptions last one request."""
+    if fmt == WS:
+        return ws_op("unsubscribed", topic=topic)
+    if fmt == SSE:
+        return sse_event("unsubscribed", {"topic": topic})
+    return None

@@ -126,3 +126,33 @@ def test_a_backend_whose_package_is_missing_stops_serve_with_the_pip_line(tmp_pa
     assert result.returncode == 2, result.stderr
     assert f"pip install 'hubbub[{extra}]'" in result.stderr and repr(module) in result.stderr
     assert "serving on" not in result.stderr
+
+
+# -- the server API's subcommands (SPEC 10) ----------------------------------------------
+def test_server_api_subcommands_go_through_the_http_api(make_hub):
+    from .helpers_user import SECURED_ENV
+    from .tokens import API_KEY
+
+    hub = make_hub(env=SECURED_ENV, dev=False)
+    env = {"HUBBUB_PORT": str(hub.port), "HUBBUB_API_KEY": API_KEY}
+    published = run(["publish", "public.cli.h", '{"n": 1}'], env)
+    assert published.returncode == 0, published.stderr
+    first = json.loads(published.stdout)["ids"][0]
+    run(["publish", "public.cli.h", '{"n": 2}'], env)
+
+    history = run(["history", "public.cli.h"], env)
+    assert history.returncode == 0, history.stderr
+    assert [m["data"]["n"] for m in json.loads(history.stdout)["messages"]] == [1, 2]
+    page = json.loads(run(["history", "public.cli.h", "--since", first, "--limit", "1"], env).stdout)
+    assert [m["data"]["n"] for m in page["messages"]] == [2]
+
+    assert json.loads(run(["topics", "--prefix", "public.cli."], env).stdout) == {"topics": []}
+    disconnect = run(["disconnect", "someone", "--code", "4001", "--reason", "bye"], env)
+    assert disconnect.returncode == 0 and json.loads(disconnect.stdout) == {"closed": 0}
+    unsubscribe = run(["unsubscribe", "someone", "public.cli.h"], env)
+    assert unsubscribe.returncode == 0 and json.loads(unsubscribe.stdout) == {"unsubscribed": 0}
+
+    bad = run(["disconnect", "someone", "--code", "1000"], env)
+    assert bad.returncode == 1 and "400" in bad.stderr and "'code'" in bad.stderr
+    no_key = run(["topics"], {"HUBBUB_PORT": str(hub.port), "HUBBUB_API_KEY": ""})
+    assert no_key.returncode == 1 and "401" in no_key.stderr

@@ -115,6 +115,25 @@ class History:
             raise Gap(RECOVERY_LIMIT)
         return replay
 
+    def of_topic(self, topic: str, since: int | None, limit: int) -> tuple[list[Kept], bool]:
+        """Kept publications of one topic, oldest first, and whether more follow.
+
+        With ``since``: the first ``limit`` after it (a page; Gap when the
+        history no longer covers it). Without: the newest ``limit`` kept."""
+        if since is not None and since < self.forgotten_upto:
+            raise Gap(HISTORY_GAP)
+        log = self._logs.get(topic)
+        if log is None:
+            return [], False
+        self._expire_in_place(log, time.monotonic())
+        if since is None:
+            entries = list(log.entries)
+            return entries[-limit:], False
+        if since < log.evicted_upto:
+            raise Gap(HISTORY_GAP)
+        picked = _after(log.entries, since)
+        return picked[:limit], len(picked) > limit
+
     def _expire_in_place(self, log: _TopicLog, now: float) -> None:
         entries = log.entries
         while entries and entries[0].expires <= now:

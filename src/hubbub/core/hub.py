@@ -185,6 +185,61 @@ class HubCore:
                 frame = frames[conn.fmt] = wire.user_event(conn.fmt, event, payload)
             conn.send_control(frame)
 
+    def disconnect_user(self, user: str, code: int, reason: str) -> int:
+        """Close every live connection of ``user`` on this node (the server API's
+        disconnect); returns how many. WS gets close ``code`` with ``reason``;
+        SSE gets ``event: disconnect`` first, then its stream ends; a waiting
+        poll is answered 410 (``wire.POLL_DISCONNECTED``)."""
+        conns = self.registry.of_user(user)
+        if not conns:
+            return 0
+        self.flusher.run()  # publications already queued go out before the close, in order
+        closed = 0
+        for conn in list(conns):
+            if conn.closed:
+                continue
+            if conn.fmt == wire.POLL:
+                conn.close(wire.POLL_DISCONNECTED, reason)
+            else:
+                frame = wire.disconnect_frame(conn.fmt, code, reason)
+                if frame is not None:
+                    conn.send_control(frame)  # written by close, ahead of the end of the stream
+                conn.close(code, reason)
+            closed += 1
+        return closed
+
+    def unsubscribe_user(self, user: str, pattern: Any) -> int:
+        """Drop the subscription ``pattern`` (exactly as subscribed) of every live
+        connection of ``user`` on this node, telling each (WS ``unsubscribed``,
+        SSE ``event: unsubscribed``); returns how many connections had it.
+        An invalid pattern is a 400 as for ``subscribe``."""
+        pattern = requested_pattern(pattern)
+        conns = self.registry.of_user(user)
+        if not conns:
+            return 0
+        count = 0
+        frames: dict[int, bytes | None] = {}
+        for conn in list(conns):
+            if conn.closed or not self.unsubscribe(conn, pattern):
+                continue
+            if conn.fmt not in frames:
+                frames[conn.fmt] = wire.unsubscribed_frame(conn.fmt, pattern)
+            frame = frames[conn.fmt]
+            if frame is not None:
+                conn.send_control(frame)
+            count += 1
+        return count
+
+    def topic_counts(self, prefix: str = "") -> dict[str, int]:
+        """Subscribed patterns of this node's live connections starting with
+        ``prefix``, each with how many connections hold it."""
+        counts: dict[str, int] = {}
+        for conn in self.connections.values():
+            for pattern in conn.subscriptions:
+                if pattern.startswith(prefix):
+                    counts[pattern] = counts.get(pattern, 0) + 1
+        return counts
+
     def heartbeat(self) -> None:
         """One liveness round: each transport pings an idle peer its own way."""
         for conn in list(self.connections.values()):

@@ -142,3 +142,10 @@ class Recovery:
             raise
         self.counters.replayed(len(kept))
         return kept
+
+    def history_of(self, topic: str, since: Any, limit: int) -> tuple[list[Kept], bool]:
+        """Kept publications of ``topic`` after ``since`` (None: the newest
+        ``limit``), oldest first, and whether more follow; Gap when ``since``
+        is no longer covered (another epoch, or evicted). Raises nothing else."""
+        seq = None if since is None else self.parse_event_id(since)
+        return self.history.of_topic(topic, seq, limit)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .operations import OperationsEndpoints
     from .presence import PresenceEndpoint
     from .publish import PublishEndpoint
+    from .server_api import ServerAPI
 
 ReadBody = Callable[[int], Awaitable[bytes]]
 STREAM_PATHS = ("/sse", "/poll")  # GET streams; any other method is a 405 here
@@ -36,13 +37,14 @@ log = logging.getLogger("hubbub")
 class Router:
     def __init__(self, *, dev: bool, publish: "PublishEndpoint", presence: "PresenceEndpoint",
                  notifications: "NotificationsGate", operations: "OperationsEndpoints",
-                 health: "HealthEndpoints") -> None:
+                 health: "HealthEndpoints", server_api: "ServerAPI") -> None:
         self.dev = dev
         self.publish = publish
         self.presence = presence
         self.notifications = notifications
         self.operations = operations
         self.health = health
+        self.server_api = server_api
 
     async def answer(self, method: str, path: str, request: "Request", read_body: ReadBody) -> Response:
         try:
@@ -68,6 +70,11 @@ class Router:
             if method != "POST":
                 return not_allowed(method, path, "POST")
             return await self.publish(request, await read_body(publish.MAX_BODY))
+        if self.server_api.handles(path):
+            allow = self.server_api.allowed(path)
+            if method != allow and not (allow == "GET" and method == "HEAD"):
+                return not_allowed(method, path, allow)
+            return await self.server_api.answer(method, path, request, read_body)
         if self.health.handles(path):
             return self.health.answer(method, path)
         if self.operations.handles(path):

@@ -3,7 +3,9 @@
 
 Between nodes they travel as fleet events (``broker.broadcast``, the
 broker's events channel): ``["user", user, event, payload]``; presence
-join/leave travel the same way as ``["join"|"leave", topic, user, info]``.
+join/leave travel the same way as ``["join"|"leave", topic, user, info]``,
+and the server API's ``["disconnect", user, code, reason]`` and
+``["unsubscribe", user, topic]`` (``disconnect``, ``unsubscribe``).
 A node handles its own where it makes them and never hears them back;
 ``on_fleet_event`` handles those of the other nodes.
 """
@@ -48,6 +50,27 @@ class UserEvents:
         except HubError as error:
             log.warning("fleet event %r for %r not sent: %s", event[2], event[1], error.reason)
 
+    # -- the server API (POST /disconnect, POST /unsubscribe), fleet-wide --------
+    async def disconnect(self, user: str, code: int, reason: str) -> int:
+        """Close every connection of ``user`` on every node; returns this node's count.
+
+        This node acts first, then tells the others. Raises HubError 503 when
+        the backplane cannot take the fleet event: this node's connections
+        are closed, other nodes' may not be, and a retry is safe (closing
+        nobody twice)."""
+        closed = self.core.disconnect_user(user, code, reason)
+        if not self.broker.synchronous:
+            await self.broker.broadcast(["disconnect", user, code, reason])
+        return closed
+
+    async def unsubscribe(self, user: str, topic: str) -> int:
+        """Drop ``topic`` (an exact subscribed pattern) from every connection of
+        ``user`` on every node; returns this node's count. 503 as ``disconnect``."""
+        count = self.core.unsubscribe_user(user, topic)
+        if not self.broker.synchronous:
+            await self.broker.broadcast(["unsubscribe", user, topic])
+        return count
+
     def on_fleet_event(self, event: list) -> None:
         """The broker's ``on_event``: a fleet event another node sent."""
         kind = event[0]
@@ -57,5 +80,11 @@ class UserEvents:
         elif kind in ("join", "leave"):
             _, topic, user, info = event
             self.presence.fleet_event(kind, topic, user, info)
+        elif kind == "disconnect":
+            _, user, code, reason = event
+            self.core.disconnect_user(user, code, reason)
+        elif kind == "unsubscribe":
+            _, user, topic = event
+            self.core.unsubscribe_user(user, topic)
         else:
             log.warning("unknown fleet event %r (a newer node?)", kind)

@@ -173,6 +173,8 @@ class HubApp:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await answer.done
+            if conn.close_code == wire.POLL_DISCONNECTED:  # POST /disconnect, while it waited
+                return error_response(HubError(wire.POLL_DISCONNECTED, conn.close_reason or "disconnected"))
             # Every answer tells a user its unread count: a poll client is not
             # connected between polls, so this is how it catches up.
             unread = await unread_count(conn.principal.user)
