@@ -569,6 +569,7 @@ class RedisBroker(Broker):
                 self.reconnects += 1
                 # Connections pooled before the outage are dead; drop the idle ones.
                 await self._redis.connection_pool.disconnect(inuse_connections=False)
+                await self._probe_redis.connection_pool.disconnect(inuse_connections=False)
                 self._subscribed = True
                 self._health_changed()
             try:
@@ -766,7 +767,7 @@ class RedisBroker(Broker):
         while not self._stopping:
             await asyncio.sleep(self.probe_every)
             try:
-                await self._heartbeat()
+                await self._heartbeat_on_a_live_connection()
             except _NO_ANSWER:
                 self._presence_dirty = True  # updates may be missed meanwhile: write all again
                 self._stalled(f"no answer to the heartbeat within {self.timeout / 2:g} s")
@@ -779,6 +780,17 @@ class RedisBroker(Broker):
             else:
                 self._answering = True
                 self._health_changed()
+
+    async def _heartbeat_on_a_live_connection(self) -> None:
+        """``_heartbeat``, tried once more on a fresh connection when its pooled one
+        fails: a connection opened before Redis restarted fails once although Redis
+        is back (redis-py drops it on the error), and that is no outage to report."""
+        try:
+            await self._heartbeat()
+        except _NO_ANSWER:
+            raise
+        except _UNREACHABLE:
+            await self._heartbeat()
 
     async def _heartbeat(self) -> None:
         """Mark this node live (HEARTBEAT) within timeout/2, and measure Redis's clock.
