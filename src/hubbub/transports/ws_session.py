@@ -286,6 +286,7 @@ class WSSession:
             conn.close(CLOSE_AUTH, error.reason)  # as for a bad token at the handshake
             return
         dropped = self.streams.core.sign_in(conn, principal)  # 429: stays anonymous
+        self.streams.core.expiry.track(conn)  # from now on it ends with the token
         conn.send_control(wire.ws_op("ack", id=request_id))
         for pattern in dropped:
             conn.send_control(wire.ws_error(403, f"not allowed to subscribe to {pattern!r};"
