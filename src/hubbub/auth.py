@@ -21,7 +21,6 @@ from .config import Config
 from .errors import HubError, Unauthorized
 from .topics import TopicError, validate_pattern
 
-LEEWAY_SECONDS = 10
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
@@ -32,6 +31,9 @@ class Principal:
     subscribe: tuple[str, ...] | None = None  # None: the defaults of SPEC 11
     publish: tuple[str, ...] = ()
     unrestricted: bool = False  # dev-mode anonymous: anything goes
+    # The token's exp (Unix seconds), or None: a connection it authenticated
+    # ends when exp plus HUBBUB_JWT_LEEWAY passes (the core's Expiry).
+    expires: float | None = None
 
     @property
     def subscribe_grants(self) -> tuple[str, ...]:
@@ -127,7 +129,7 @@ class Authenticator:
             raise Unauthorized(f"no key is configured for algorithm {alg}")
         try:
             claims = jwt.decode(
-                token, key, algorithms=[alg], leeway=LEEWAY_SECONDS,
+                token, key, algorithms=[alg], leeway=self.config.jwt_leeway,
                 audience=self.config.jwt_audience or None,
                 issuer=self.config.jwt_issuer or None,
                 options={"require": ["sub"], "verify_aud": bool(self.config.jwt_audience)},
@@ -162,10 +164,12 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     info = claims.get("info")
     if info is not None and not isinstance(info, dict):
         raise Unauthorized("token 'info' must be an object")
+    exp = claims.get("exp")  # PyJWT has checked it is a number when present
     return Principal(
         user=sub, info=info,
         subscribe=_grants(claims, "subscribe"),
         publish=_grants(claims, "publish") or (),
+        expires=float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None,
     )
 
 

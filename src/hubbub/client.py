@@ -19,6 +19,12 @@ handed back, never compared (docs/protocol.md). Every failure to connect
 iteration ends. It does not reconnect after 4401 (a new token is needed) or
 after ``close()``. It answers the hub's ``{"op":"ping"}``, and says so at
 connect, so the ASGI port can drop it (4410) if it freezes.
+
+With ``token_factory`` (a function or coroutine function returning a JWT) the
+client asks it for a token at every connect, refreshes the connection with
+``{"op":"refresh"}`` at REFRESH_AT of the token's lifetime, and after a 4401
+``token expired`` close reconnects with a fresh token and resumes from the
+last id, so short-lived tokens lose no message (SPEC 10).
 """
 from __future__ import annotations
 
@@ -26,8 +32,12 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import base64
+import inspect
 import random
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Union
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -38,6 +48,13 @@ from .errors import HubError
 log = logging.getLogger("hubbub.client")
 
 NO_RECONNECT = {4401}
+TOKEN_EXPIRED = "token expired"  # the hub's 4401 reason when exp passed: a fresh token helps
+# A connection is refreshed when this much of its token's lifetime has passed:
+# the rest (plus the hub's leeway) covers a slow factory and the round trip.
+REFRESH_AT = 0.8
+REFRESH_RETRY = 1.0  # seconds before another try after a refused or failed refresh
+
+TokenFactory = Callable[[], Union[str, Awaitable[str]]]
 # What a failed connection attempt raises; each goes through backoff.
 CONNECT_FAILURES = (OSError, WSError, asyncio.TimeoutError, ConnectionError)
 
@@ -86,9 +103,13 @@ class _Listener(WSListener):
 class Client:
     def __init__(self, url: str, *, token: str | None = None, topics: list[str] = (),
                  reconnect: bool = True, backoff_base: float = 0.2, backoff_max: float = 10.0,
-                 request_timeout: float = 10.0, max_retries: int | None = None) -> None:
+                 request_timeout: float = 10.0, max_retries: int | None = None,
+                 token_factory: TokenFactory | None = None) -> None:
         self.url = url
         self.token = token
+        self.token_factory = token_factory
+        self.refreshes = 0  # connections extended with the refresh op
+        self._refresher: asyncio.Task | None = None
         self.reconnect = reconnect
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -150,6 +171,11 @@ class Client:
         Raises one of CONNECT_FAILURES; a peer that closes before the handshake
         makes picows return no listener, which is a failure like any other.
         """
+        if self.token_factory is not None:  # every connect gets a fresh token
+            try:
+                self.token = await self._fresh_token()
+            except Exception as error:
+                raise ConnectionError(f"token_factory failed: {error!r}") from error
         transport, listener = await ws_connect(lambda: _Listener(self), self._url(),
                                                enable_auto_pong=True)
         if transport is None or listener is None:
@@ -204,11 +230,20 @@ class Client:
         failures = 0 if listener is not None else 1
         while True:
             if listener is not None:
-                await self._transport.wait_disconnected()
+                if self.token_factory is not None:
+                    self._refresher = asyncio.ensure_future(self._keep_refreshed())
+                try:
+                    await self._transport.wait_disconnected()
+                finally:
+                    if self._refresher is not None:
+                        self._refresher.cancel()
+                        self._refresher = None
                 self._connected.clear()
                 self._fail_pending(ConnectionError("connection lost"))
                 code = listener.close_code
-                if self._closed or not self.reconnect or code in NO_RECONNECT:
+                expired = code == 4401 and listener.close_reason == TOKEN_EXPIRED
+                renewable = expired and self.token_factory is not None
+                if self._closed or not self.reconnect or (code in NO_RECONNECT and not renewable):
                     self._finish(ConnectionClosed(code, listener.close_reason))
                     return
                 listener = None
@@ -229,6 +264,37 @@ class Client:
                 continue
             self.reconnects += 1
             failures = 0
+
+    # -- token lifetime ----------------------------------------------------------
+    async def _fresh_token(self) -> str:
+        token = self.token_factory()
+        if inspect.isawaitable(token):
+            token = await token
+        if not isinstance(token, str) or not token:
+            raise ValueError(f"token_factory returned {type(token).__name__}, not a JWT string")
+        return token
+
+    async def _keep_refreshed(self) -> None:
+        """While connected: refresh at REFRESH_AT of each token's lifetime. A refusal
+        or a failure is retried; if the token expires meanwhile the hub closes
+        4401 and the reconnect (with a fresh token, from the last id) takes over."""
+        given = time.time()
+        exp = token_expiry(self.token)
+        while exp is not None:
+            await asyncio.sleep(max(0.0, given + (exp - given) * REFRESH_AT - time.time()))
+            try:
+                token = await self._fresh_token()
+                await self._request({"op": "refresh", "token": token})
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("hubbub client: refresh failed, retrying: %r", error)
+                given = time.time()  # the next try in REFRESH_RETRY seconds
+                exp = given + REFRESH_RETRY / REFRESH_AT
+                continue
+            self.token = token  # a reconnect would use it, though it asks the factory anyway
+            self.refreshes += 1
+            given, exp = time.time(), token_expiry(token)
 
     def _connect_failed(self, error: Exception, failures: int) -> None:
         self.last_error = error
@@ -313,7 +379,7 @@ class Client:
                 self._ids_seen += 1
             self._messages.put_nowait(Message("message", msg.get("topic"), msg.get("id"), msg.get("event"),
                                               msg.get("data"), msg.get("ts"), msg))
-        elif op in ("ack", "pong", "presence") and msg.get("id") in self._pending:
+        elif op in ("ack", "pong", "presence", "refreshed") and msg.get("id") in self._pending:
             topic = self._subscribing.get(msg["id"]) if op == "ack" else None
             if topic is not None and isinstance(msg.get("position"), str):
                 self._positions[topic] = (msg["position"], self._ids_seen)
@@ -348,6 +414,18 @@ class Client:
             if not future.done():
                 future.set_exception(error)
         self._pending.clear()
+
+
+def token_expiry(token: str | None) -> float | None:
+    """The ``exp`` claim of a JWT, read without verifying it (the hub verifies);
+    None when it has none or the token cannot be read."""
+    try:
+        payload = token.split(".")[1]
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        exp = claims.get("exp")
+    except Exception:
+        return None
+    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
 
 
 def connect(url: str, **kwargs: Any) -> Client:

@@ -42,6 +42,9 @@ class Config:
     jwt_algorithms: tuple[str, ...] = ()
     jwt_audience: str = ""
     jwt_issuer: str = ""
+    # Seconds a token's exp may be past: at decoding, and before a connection
+    # it authenticated is ended (clock skew between the issuer and the hub).
+    jwt_leeway: float = 10.0
     backplane: str = "memory"
     # Every Redis key and channel of the fleet starts with this: fleets (or
     # tests) sharing one Redis stay apart with different prefixes.
@@ -161,6 +164,8 @@ class Config:
               "HUBBUB_TLS_CERT and HUBBUB_TLS_KEY must be set together")
         check("presence_max_list", self.presence_max_list >= 0,
               f"must be 0 or more, got {self.presence_max_list}")
+        check("jwt_leeway", 0 <= self.jwt_leeway <= 3600,
+              f"must be 0 to 3600 seconds, got {self.jwt_leeway}")
         check("drain_grace", self.drain_grace >= 0, f"must be 0 or more seconds, got {self.drain_grace}")
         try:
             parse_origins(self.cors_origins, self.dev)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from ..auth import Principal
-from ..wire import POLL, SEPARATORS, dropped_notice
+from ..wire import POLL, SEPARATORS, SSE, dropped_notice, sse_event
 
 if TYPE_CHECKING:
     from .._core import Outbox, Subscription
@@ -55,7 +55,8 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_LATER = 1013
-CLOSE_AUTH = 4401
+CLOSE_AUTH = 4401  # also a token that expired (SPEC 10): reason TOKEN_EXPIRED
+TOKEN_EXPIRED = "token expired"
 CLOSE_SLOW = 4408
 CLOSE_NO_PONG = 4410  # SPEC 10: dropped for missing pongs, with a close frame
 
@@ -186,6 +187,17 @@ class Connection:
             self.wrote = False
 
     # -- closing -------------------------------------------------------------
+    def expire(self) -> None:
+        """The token's exp (plus leeway) passed: WS close 4401, SSE ``event: expired``
+        then the end, and a waiting poll's answer becomes 401 (the transport reads
+        ``close_code``)."""
+        if self.state is not OPEN:
+            return
+        if self.fmt == SSE:
+            self.control.append(sse_event("expired", {"reason": TOKEN_EXPIRED,
+                                                      "exp": self.principal.expires}))
+        self.close(CLOSE_AUTH, TOKEN_EXPIRED)
+
     def close(self, code: int, reason: str = "") -> None:
         """Close from our side (idempotent): owed control frames, then the transport's close."""
         if self.state is not OPEN:

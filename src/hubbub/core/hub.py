@@ -42,6 +42,7 @@ from ..topics import requested_pattern
 from .codec import Publication, decode, encode, prepare
 from .connection import CLOSE_SHUTDOWN, CLOSE_SLOW, Connection, Transport
 from .counters import Counters
+from .expiry import Expiry
 from .flusher import Flusher
 from .freed_memory import FreedMemory
 from .history import HISTORY_GAP
@@ -71,6 +72,7 @@ class HubCore:
         self.flusher = Flusher(config.flush_delay / 1000)
         self.freed = FreedMemory()  # backlogs let go of in bulk, given back to the OS
         self.connect_limiter = PerKeyLimiter(config.connect_rate)
+        self.expiry = Expiry(config.jwt_leeway)  # ends connections whose token expired (SPEC 10)
         self.draining = False  # refuses new connections (the app's drain sets it)
         self.stopping = False  # refuses new publications
         self._fanout_seq = 0
@@ -100,6 +102,7 @@ class HubCore:
         if self.draining:
             raise HubError(503, "hub is shutting down")
         self.registry.add(conn)
+        self.expiry.track(conn)
 
     def connected(self, conn: Connection) -> None:
         """The transport told ``conn`` it is connected: run ``on_connected``."""
@@ -244,6 +247,7 @@ class HubCore:
         """One liveness round: each transport pings an idle peer its own way."""
         for conn in list(self.connections.values()):
             conn.heartbeat()
+        self.expiry.sweep()  # a backstop: its own timer ends them on time
         self.freed.maybe_trim()
 
     def close_all(self, code: int, reason: str) -> None:

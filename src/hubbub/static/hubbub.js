@@ -7,6 +7,8 @@
  *   const client = hubbub.connect("http://127.0.0.1:8000", {
  *     topics: ["public.chat.lobby"],   // subscribed on every (re)connect
  *     token: "<jwt>",                  // or a function returning one (or a Promise of one)
+ *     // getToken: async () => jwt,    // short-lived tokens: asked at every (re)connect, and a
+ *                                      // WS is refreshed ahead of exp (SPEC 10, connection lifetime)
  *     transport: "auto",               // "auto" | "ws" | "sse" | "poll"
  *     fastUrl: "http://127.0.0.1:8001" // optional: the native fast port, used for ws and sse
  *   });
@@ -37,6 +39,12 @@ var hubbub = (function () {
   // subscribed to anything or not.
   var INBOX_EVENTS = ["notification", "notification_deleted", "unread_count"];
 
+  var TOKEN_EXPIRED = "token expired";  // the hub's reason when a token's exp passed (SPEC 10)
+  // A WS is refreshed when this much of its token's lifetime has passed; the
+  // rest (and the hub's leeway) covers a slow getToken and the round trip.
+  var REFRESH_AT = 0.8;
+  var REFRESH_RETRY_MS = 1000;
+
   var DEFAULTS = {
     transport: "auto",
     backoffBaseMs: 500,      // first retry waits up to this long...
@@ -57,6 +65,18 @@ var hubbub = (function () {
 
   function trimSlash(url) {
     return String(url).replace(/\/+$/, "");
+  }
+
+  // The exp claim of a JWT (seconds), read without verifying it (the hub
+  // verifies); null when it has none or cannot be read.
+  function tokenExpiry(token) {
+    try {
+      var part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      var claims = JSON.parse(atob(part + "===".slice((part.length + 3) % 4)));
+      return typeof claims.exp === "number" ? claims.exp : null;
+    } catch (error) {
+      return null;
+    }
   }
 
   // A base URL may be given relative to the page ("" or "/rt"): resolve it.
@@ -225,7 +245,7 @@ var hubbub = (function () {
   };
 
   Client.prototype._token = function () {
-    var token = this.options.token;
+    var token = this.options.getToken || this.options.token;
     return Promise.resolve(typeof token === "function" ? token() : token || null);
   };
 
@@ -415,11 +435,24 @@ var hubbub = (function () {
     link.close();
     var wasReady = link.ready;
     clearTimeout(this.timers.upgrade);
+    if (info.code === 4401 && info.reason === TOKEN_EXPIRED && wasReady && this._renewsTokens()) {
+      // SPEC 10: the connection outlived its token (WS 4401, SSE `expired`, a
+      // poll's 401). Not an error: reconnect now, on the same transport, with
+      // a fresh token, resuming from the last id, so nothing is missed.
+      this._emit("disconnected", {transport: link.kind, code: 4401, reason: info.reason,
+                                  willReconnect: !this.closed});
+      this.transport = null;
+      if (this.closed) return;
+      this._setState("reconnecting");
+      var client = this;
+      this._later("reconnect", 0, function () { client._open(); });
+      return;
+    }
     if (info.code === 4401) {
       // SPEC 6: a refused token is not retried as is. A token function may
       // hand out a fresh one, so then (and only then) the client tries again.
       this._emit("error", {code: 4401, reason: info.reason || "authentication failed"});
-      if (typeof this.options.token !== "function") {
+      if (!this._renewsTokens()) {
         this._emit("disconnected", {transport: link.kind, code: 4401, reason: info.reason, willReconnect: false});
         this.closed = true;
         this._failWaiting(HubbubError(4401, info.reason || "authentication failed"));
@@ -450,6 +483,11 @@ var hubbub = (function () {
     this._setState("reconnecting");
     var self = this;
     this._later("reconnect", delay, function () { self._open(); });
+  };
+
+  // A token function (getToken, or token given as a function) can hand out fresh tokens.
+  Client.prototype._renewsTokens = function () {
+    return typeof (this.options.getToken || this.options.token) === "function";
   };
 
   // Reopen the current transport at once (new subscription set on SSE/poll).
@@ -630,7 +668,10 @@ var hubbub = (function () {
           // pongs, a page that freezes is then dropped within PRESENCE_TTL.
           self.send({op: "pong"});
           return self.subscribeWithOptions(since);
-        }).then(function () { self.becomeReady({}); }, function (error) {
+        }).then(function () {
+          self.becomeReady({});
+          if (token && client._renewsTokens()) self.scheduleRefresh(token);
+        }, function (error) {
           self.fail({code: error.code, reason: error.reason});
         });
       };
@@ -642,6 +683,31 @@ var hubbub = (function () {
     }, function (error) { self.fail({reason: "token: " + error}); });
   }
   WSLink.prototype = Object.create(LinkBase.prototype);
+
+  // Extend the connection with {"op":"refresh"} before the token's exp (SPEC 10).
+  // A refused or failed refresh is tried again; should the token expire anyway,
+  // the hub closes 4401 and the client reconnects with a fresh token.
+  WSLink.prototype.scheduleRefresh = function (token) {
+    var exp = tokenExpiry(token);
+    if (exp == null || this.done) return;
+    var self = this;
+    var client = this.client;
+    var now = Date.now();
+    this.refreshIn(Math.max(0, (exp * 1000 - now) * REFRESH_AT), function () {
+      var fresh;
+      client._token().then(function (t) {
+        fresh = t;
+        return self.request({op: "refresh", token: t});
+      }).then(function () { self.scheduleRefresh(fresh); }, function () {
+        if (!self.done) self.refreshIn(REFRESH_RETRY_MS, function () { self.scheduleRefresh(token); });
+      });
+    });
+  };
+
+  WSLink.prototype.refreshIn = function (ms, fn) {
+    clearTimeout(this.refreshTimer);
+    this.refreshTimer = setTimeout(fn, ms);
+  };
 
   WSLink.prototype.send = function (op) {
     if (this.socket && this.socket.readyState === 1) this.socket.send(JSON.stringify(op));
@@ -735,6 +801,7 @@ var hubbub = (function () {
   WSLink.prototype.close = function () {
     if (this.done) return;
     this.stopTimers();
+    clearTimeout(this.refreshTimer);
     var error = HubbubError(0, "connection lost before the hub answered");
     this.pending.forEach(function (w) { clearTimeout(w.timer); w.reject(error); });
     this.pending.clear();
@@ -824,7 +891,10 @@ var hubbub = (function () {
     var data;
     try { data = JSON.parse(text); } catch (error) { data = text; }
     if (name === "connected") { this.becomeReady(data); return; }
-    if (this.probe || this.done) return;
+    if (this.done) return;
+    // The token expired; the hub ends the stream next (SPEC 10).
+    if (name === "expired") { this.fail({code: 4401, reason: TOKEN_EXPIRED}); return; }
+    if (this.probe) return;
     // A publication may be named anything, even "reset": its envelope tells.
     if (isEnvelope(data, name)) { this.client._deliver(data); return; }
     if (HUB_EVENTS.indexOf(name) >= 0) { this.client._hubEvent(name, data, eventId); return; }
@@ -869,7 +939,10 @@ var hubbub = (function () {
           clearTimeout(self.requestTimer);
           return response.json().catch(function () { return {}; }).then(function (answer) {
             if (!response.ok) {
-              if (!self.probe) client._emit("error", {code: response.status, reason: answer.reason});
+              var expired = response.status === 401 && answer.reason === TOKEN_EXPIRED;
+              if (!self.probe && !expired) {
+                client._emit("error", {code: response.status, reason: answer.reason});
+              }
               self.fail({code: response.status === 401 ? 4401 : response.status, reason: answer.reason});
               return;
             }

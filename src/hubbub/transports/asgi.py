@@ -15,11 +15,11 @@ import orjson
 
 from .. import wire
 from ..auth import ANONYMOUS, Request
-from ..core.connection import CLOSE_SHUTDOWN
+from ..core.connection import CLOSE_AUTH, CLOSE_SHUTDOWN
 from ..core.history import Gap
 from ..endpoints.operations import STREAM_PATH
 from ..endpoints.responses import Response, error_response
-from ..errors import HubError
+from ..errors import HubError, Unauthorized
 from .asgi_http import (body_reader, logging_send, request_of, route_path, send_response,
                         start_message, watch_disconnect)
 from .asgi_streams import ASGISSE, ASGIWebSocket, PollAnswer, TextCache, run_sender
@@ -175,6 +175,8 @@ class HubApp:
                         await answer.done
             if conn.close_code == wire.POLL_DISCONNECTED:  # POST /disconnect, while it waited
                 return error_response(HubError(wire.POLL_DISCONNECTED, conn.close_reason or "disconnected"))
+            if conn.close_code == CLOSE_AUTH:  # its token expired while it waited (SPEC 10)
+                return error_response(Unauthorized(conn.close_reason))
             # Every answer tells a user its unread count: a poll client is not
             # connected between polls, so this is how it catches up.
             unread = await unread_count(conn.principal.user)

@@ -286,11 +286,43 @@ class WSSession:
             conn.close(CLOSE_AUTH, error.reason)  # as for a bad token at the handshake
             return
         dropped = self.streams.core.sign_in(conn, principal)  # 429: stays anonymous
+        self.streams.core.expiry.track(conn)  # from now on it ends with the token
         conn.send_control(wire.ws_op("ack", id=request_id))
         for pattern in dropped:
             conn.send_control(wire.ws_error(403, f"not allowed to subscribe to {pattern!r};"
                                                  f" unsubscribed on auth"))
         self.streams.core.connected(conn)
+
+    def op_refresh(self, msg: dict, request_id: Any) -> None:
+        """A fresh token of the same user with a later exp extends the connection
+        (SPEC 10). Refused with an error frame, the old expiry kept: no token or
+        nothing to extend (400), an invalid token (401), another user's (403),
+        an exp not later than the one the connection has (400)."""
+        conn = self.conn
+        current = conn.principal
+        token = msg.get("token")
+        if not isinstance(token, str) or not token:
+            raise HubError(400, "refresh needs a 'token'")
+        if current.user is None:
+            raise HubError(400, "this connection has no token to refresh: send {\"op\":\"auth\"}")
+        principal = self.streams.auth.decode(token)  # Unauthorized: the connection stays as it was
+        if principal.user != current.user:
+            raise Forbidden(f"refresh token is for user {principal.user!r}, not {current.user!r}")
+        if current.expires is None:
+            raise HubError(400, "this connection's token has no exp: nothing to extend")
+        if principal.expires is not None and principal.expires <= current.expires:
+            raise HubError(400, f"refresh token's exp {principal.expires:g} is not later than"
+                                f" the connection's {current.expires:g}")
+        core = self.streams.core
+        conn.principal = principal  # the fresh claims govern from now on, grants included
+        core.expiry.track(conn)
+        dropped = [p for p in conn.subscriptions if not may_subscribe(principal, p)]
+        for pattern in dropped:
+            core.unsubscribe(conn, pattern)
+        conn.send_control(wire.ws_op("refreshed", id=request_id, exp=principal.expires))
+        for pattern in dropped:
+            conn.send_control(wire.ws_error(403, f"not allowed to subscribe to {pattern!r};"
+                                                 f" unsubscribed on refresh"))
 
     def op_presence(self, msg: dict, request_id: Any) -> None:
         if "topic" not in msg:
@@ -329,4 +361,5 @@ _OPS = {
     "pong": WSSession.op_pong,
     "auth": WSSession.op_auth,
     "presence": WSSession.op_presence,
+    "refresh": WSSession.op_refresh,
 }
