@@ -305,7 +305,7 @@ class Hub:
     def topics(self, prefix: str = "") -> dict[str, int]:
         """Subscribed patterns of this node's live connections (starting with
         ``prefix``) and how many connections hold each."""
-        return self.core.topic_counts(prefix)
+        return self.core.users.topic_counts(prefix)
 
     def stats(self) -> dict[str, Any]:
         return self.core.stats()

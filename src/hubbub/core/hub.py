@@ -48,6 +48,7 @@ from .freed_memory import FreedMemory
 from .history import HISTORY_GAP
 from .recovery import Recovery
 from .registry import Registry
+from .user_actions import UserActions
 
 if TYPE_CHECKING:
     from ..auth import Principal
@@ -67,9 +68,10 @@ class HubCore:
         self.counters = Counters()
         self.registry = Registry(config.max_connections_per_user)
         self.connections = self.registry.connections
+        self.flusher = Flusher(config.flush_delay / 1000)
+        self.users = UserActions(self.registry, self.flusher, self.unsubscribe)  # a user's connections
         self.trie = Trie(MATCH_CACHE_SIZE)
         self.recovery = Recovery(config, broker, self.counters)
-        self.flusher = Flusher(config.flush_delay / 1000)
         self.freed = FreedMemory()  # backlogs let go of in bulk, given back to the OS
         self.connect_limiter = PerKeyLimiter(config.connect_rate)
         self.expiry = Expiry(config.jwt_leeway)  # ends connections whose token expired (SPEC 10)
@@ -174,74 +176,6 @@ class HubCore:
         for hook in self.on_unsubscribed:
             hook(conn, pattern)
         return True
-
-    def send_to_user(self, user: str, event: str, payload: Any) -> None:
-        """A per-user event to every live connection of ``user`` on this node
-        (any port, any transport), encoded once per wire format."""
-        conns = self.registry.of_user(user)
-        if not conns:
-            return
-        frames: dict[int, bytes] = {}
-        for conn in list(conns):
-            frame = frames.get(conn.fmt)
-            if frame is None:
-                frame = frames[conn.fmt] = wire.user_event(conn.fmt, event, payload)
-            conn.send_control(frame)
-
-    def disconnect_user(self, user: str, code: int, reason: str) -> int:
-        """Close every live connection of ``user`` on this node (the server API's
-        disconnect); returns how many. WS gets close ``code`` with ``reason``;
-        SSE gets ``event: disconnect`` first, then its stream ends; a waiting
-        poll is answered 410 (``wire.POLL_DISCONNECTED``)."""
-        conns = self.registry.of_user(user)
-        if not conns:
-            return 0
-        self.flusher.run()  # publications already queued go out before the close, in order
-        closed = 0
-        for conn in list(conns):
-            if conn.closed:
-                continue
-            if conn.fmt == wire.POLL:
-                conn.close(wire.POLL_DISCONNECTED, reason)
-            else:
-                frame = wire.disconnect_frame(conn.fmt, code, reason)
-                if frame is not None:
-                    conn.send_control(frame)  # written by close, ahead of the end of the stream
-                conn.close(code, reason)
-            closed += 1
-        return closed
-
-    def unsubscribe_user(self, user: str, pattern: Any) -> int:
-        """Drop the subscription ``pattern`` (exactly as subscribed) of every live
-        connection of ``user`` on this node, telling each (WS ``unsubscribed``,
-        SSE ``event: unsubscribed``); returns how many connections had it.
-        An invalid pattern is a 400 as for ``subscribe``."""
-        pattern = requested_pattern(pattern)
-        conns = self.registry.of_user(user)
-        if not conns:
-            return 0
-        count = 0
-        frames: dict[int, bytes | None] = {}
-        for conn in list(conns):
-            if conn.closed or not self.unsubscribe(conn, pattern):
-                continue
-            if conn.fmt not in frames:
-                frames[conn.fmt] = wire.unsubscribed_frame(conn.fmt, pattern)
-            frame = frames[conn.fmt]
-            if frame is not None:
-                conn.send_control(frame)
-            count += 1
-        return count
-
-    def topic_counts(self, prefix: str = "") -> dict[str, int]:
-        """Subscribed patterns of this node's live connections starting with
-        ``prefix``, each with how many connections hold it."""
-        counts: dict[str, int] = {}
-        for conn in self.connections.values():
-            for pattern in conn.subscriptions:
-                if pattern.startswith(prefix):
-                    counts[pattern] = counts.get(pattern, 0) + 1
-        return counts
 
     def heartbeat(self) -> None:
         """One liveness round: each transport pings an idle peer its own way."""

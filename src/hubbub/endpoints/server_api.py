@@ -80,7 +80,7 @@ class ServerAPI:
             return error_response(error)
 
     def topics(self, prefix: str = "") -> dict[str, Any]:
-        counts = self.core.topic_counts(prefix)
+        counts = self.core.users.topic_counts(prefix)
         return {"topics": [{"topic": t, "subscribers": n} for t, n in sorted(counts.items())]}
 
     def history(self, topic: str, since: str | None, limit: int) -> dict[str, Any]:

@@ -39,7 +39,7 @@ class UserEvents:
         the order they happened), else None. A failure to send is logged: the
         event is a live echo of what the store already holds, and the next
         connect brings the count."""
-        self.core.send_to_user(user, event, payload)
+        self.core.users.send(user, event, payload)
         if self.broker.synchronous:
             return None
         return asyncio.ensure_future(self._broadcast(["user", user, event, payload]))
@@ -58,7 +58,7 @@ class UserEvents:
         the backplane cannot take the fleet event: this node's connections
         are closed, other nodes' may not be, and a retry is safe (closing
         nobody twice)."""
-        closed = self.core.disconnect_user(user, code, reason)
+        closed = self.core.users.disconnect(user, code, reason)
         if not self.broker.synchronous:
             await self.broker.broadcast(["disconnect", user, code, reason])
         return closed
@@ -66,7 +66,7 @@ class UserEvents:
     async def unsubscribe(self, user: str, topic: str) -> int:
         """Drop ``topic`` (an exact subscribed pattern) from every connection of
         ``user`` on every node; returns this node's count. 503 as ``disconnect``."""
-        count = self.core.unsubscribe_user(user, topic)
+        count = self.core.users.unsubscribe(user, topic)
         if not self.broker.synchronous:
             await self.broker.broadcast(["unsubscribe", user, topic])
         return count
@@ -76,15 +76,15 @@ class UserEvents:
         kind = event[0]
         if kind == "user":
             _, user, name, payload = event
-            self.core.send_to_user(user, name, payload)
+            self.core.users.send(user, name, payload)
         elif kind in ("join", "leave"):
             _, topic, user, info = event
             self.presence.fleet_event(kind, topic, user, info)
         elif kind == "disconnect":
             _, user, code, reason = event
-            self.core.disconnect_user(user, code, reason)
+            self.core.users.disconnect(user, code, reason)
         elif kind == "unsubscribe":
             _, user, topic = event
-            self.core.unsubscribe_user(user, topic)
+            self.core.users.unsubscribe(user, topic)
         else:
             log.warning("unknown fleet event %r (a newer node?)", kind)
