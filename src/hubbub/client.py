@@ -48,6 +48,7 @@ from .errors import HubError
 log = logging.getLogger("hubbub.client")
 
 NO_RECONNECT = {4401}
+INBOX_EVENTS = ("notification", "notification_deleted", "unread_count")
 TOKEN_EXPIRED = "token expired"  # the hub's 4401 reason when exp passed: a fresh token helps
 # A connection is refreshed when this much of its token's lifetime has passed:
 # the rest (plus the hub's leeway) covers a slow factory and the round trip.
@@ -61,7 +62,9 @@ CONNECT_FAILURES = (OSError, WSError, asyncio.TimeoutError, ConnectionError)
 
 @dataclasses.dataclass(frozen=True)
 class Message:
-    """What the hub pushes: ``kind`` is ``message``, ``reset``, ``dropped``, ``join`` or ``leave``."""
+    """What the hub pushes: ``kind`` is ``message``, ``reset``, ``dropped``, ``join``, ``leave``,
+    ``unsubscribed`` (the server API dropped ``topic``), or one of the user's inbox events
+    ``notification``, ``notification_deleted``, ``unread_count`` (their payload in ``data``)."""
 
     kind: str
     topic: str | None = None
@@ -332,6 +335,13 @@ class Client:
                                    "ephemeral": ephemeral})
         return ack.get("event_id")
 
+    async def presence(self, topic: str) -> dict:
+        """Who is subscribed to ``topic`` now: ``{"topic", "count", "connections", "users"}``
+        (``users``: ``[{user, info, connections}]``, left out past PRESENCE_MAX_LIST).
+        Raises HubError (400, 403, 503) as the hub answers."""
+        reply = await self._request({"op": "presence", "topic": topic})
+        return {k: v for k, v in reply.items() if k not in ("op", "id")}
+
     async def ping(self) -> None:
         await self._request({"op": "ping"})
 
@@ -397,6 +407,13 @@ class Client:
         elif op in ("reset", "dropped", "join", "leave"):
             if op == "reset":
                 self._reset(msg)
+            self._messages.put_nowait(Message(op, msg.get("topic"), data=msg, raw=msg))
+        elif op in INBOX_EVENTS:
+            self._messages.put_nowait(Message(op, data=msg.get("data"), raw=msg))
+        elif op == "unsubscribed":
+            # The server API took the topic away: not renewed on a reconnect either.
+            self.subscriptions.pop(msg.get("topic"), None)
+            self._positions.pop(msg.get("topic"), None)
             self._messages.put_nowait(Message(op, msg.get("topic"), data=msg, raw=msg))
 
     def _reset(self, msg: dict) -> None:

@@ -49,6 +49,8 @@ async def receive_a_steady_stream(url: str, seconds: float, factory) -> tuple[li
 
         async def read() -> None:
             async for message in client:
+                if message.kind == "unread_count":
+                    continue  # the user's inbox count, on every (re)connect: not a publication
                 # a reset or dropped notice would show up as a gap in the numbers
                 got.append(message.data if message.kind == "message" else message.kind)
         reader = asyncio.ensure_future(read())

@@ -72,7 +72,8 @@ class Streams:
                               presence: bool = False) -> "Connection":
         """Admit, authenticate and subscribe the ``topic=`` patterns of an SSE or
         poll request; returns the attached connection. Raises HubError (400, 401,
-        403, 429) and then nothing stays attached. ``presence``: join/leave events."""
+        403, 429) and then nothing stays attached. ``presence``: join/leave events.
+        A user's request may name no topic: it gets the user's inbox events only."""
         core = self.core
         core.admit(request.client)
         refuse_repeated(request)
@@ -80,8 +81,10 @@ class Streams:
         if principal is None:
             raise Unauthorized("authentication required")
         topics = request.query.get("topic", [])
-        if not topics:
-            raise HubError(400, "at least one topic= is required")
+        if not topics and principal.user is None:
+            # A user's connection with no topic is its notification stream (the
+            # bell); an anonymous one with no topic would get nothing at all.
+            raise HubError(400, "at least one topic= is required without a user token")
         conn = make_conn(principal)
         core.attach(conn)
         try:
