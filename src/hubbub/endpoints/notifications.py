@@ -18,11 +18,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import orjson
-
 from ..errors import HubError, Unauthorized
 from ..services.inbox import validate
-from .responses import Response, error_response, not_allowed, read_limit_error
+from .responses import Response, error_response, json_body, not_allowed, read_limit_error
 
 if TYPE_CHECKING:
     from ..auth import Authenticator, Request
@@ -77,11 +75,7 @@ class NotificationEndpoints:
             self.auth.check_api_key(request)
             if len(body) > self.max_body:
                 raise read_limit_error(self.max_body)
-            try:
-                payload = orjson.loads(body)
-            except orjson.JSONDecodeError as error:
-                raise HubError(400, f"body is not valid JSON: {error}") from None
-            record = await self.inbox.create(payload)
+            record = await self.inbox.create(json_body(body))
         except HubError as error:
             return error_response(error)
         return 201, record, []

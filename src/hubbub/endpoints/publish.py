@@ -4,11 +4,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-import orjson
-
 from ..backplane.idempotency import IdempotencyGuard
 from ..errors import HubError
-from .responses import Response, error_response
+from .responses import Response, error_response, json_body
 
 if TYPE_CHECKING:
     from ..auth import Authenticator, Request
@@ -58,10 +56,7 @@ class PublishEndpoint:
         return 200, {"ids": ids}, []
 
     def _prepare(self, body: bytes) -> list:
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as error:
-            raise HubError(400, f"body is not valid JSON: {error}") from None
+        payload = json_body(body)
         batch = isinstance(payload, list)
         items = payload if batch else [payload]
         if not items:

@@ -54,6 +54,14 @@ def encode(response: Response) -> tuple[int, bytes, Headers]:
     return status, body, headers
 
 
+def json_body(body: bytes) -> Any:
+    """A request body decoded as JSON; HubError 400 saying where it is not."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise HubError(400, f"body is not valid JSON: {error}") from None
+
+
 def read_limit_error(limit: int) -> HubError:
     """A request body over ``limit`` bytes (413), said the same way everywhere."""
     return HubError(413, f"body over the {limit}-byte limit")

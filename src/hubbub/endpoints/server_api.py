@@ -23,7 +23,7 @@ from .. import wire
 from ..core.history import Gap
 from ..errors import HubError
 from ..topics import TopicError, requested_pattern, validate_topic
-from .responses import Response, error_response
+from .responses import Response, error_response, json_body
 
 if TYPE_CHECKING:
     from ..auth import Authenticator, Request
@@ -104,10 +104,7 @@ def history_answer(core: "HubCore", topic: str, since: str | None, limit: int,
 
 
 def parse_body(body: bytes, fields: set[str]) -> dict:
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise HubError(400, f"body is not valid JSON: {error}") from None
+    payload = json_body(body)
     if not isinstance(payload, dict):
         raise HubError(400, "body must be a JSON object")
     unknown = payload.keys() - fields
