@@ -112,6 +112,11 @@ class Connection:
         self.close_reason = ""
 
     @property
+    def port(self) -> str:
+        """The listener that carries it, for the metrics: ``native`` or ``asgi``."""
+        return getattr(self.transport, "port", "asgi")
+
+    @property
     def closed(self) -> bool:
         return self.state is not OPEN
 

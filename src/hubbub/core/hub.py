@@ -112,7 +112,7 @@ class HubCore:
             hook(conn)
 
     def _closed(self, conn: Connection, code: int | None) -> None:
-        self.counters.closed(code, getattr(conn.transport, "port", "asgi"), conn.fmt)
+        self.counters.closed(code, conn.port, conn.fmt)
         self.detach(conn)
 
     def detach(self, conn: Connection) -> None:

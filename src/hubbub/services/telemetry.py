@@ -135,7 +135,7 @@ class Telemetry:
         connections = dict.fromkeys(CONNECTION_KINDS, 0)
         queued = queued_bytes = deepest = dropped = 0
         for conn in core.connections.values():
-            key = f"{getattr(conn.transport, 'port', 'asgi')}|{TRANSPORTS.get(conn.fmt, '?')}"
+            key = f"{conn.port}|{TRANSPORTS.get(conn.fmt, '?')}"
             connections[key] = connections.get(key, 0) + 1
             outbox = conn.outbox
             queued += outbox.count
