@@ -129,11 +129,16 @@ Per publication
 ---------------
 One round trip: ``EVALSHA`` of one script running TIME (the deadline), GET
 epoch, INCR, XADD (MAXLEN ~), PUBLISH, EXPIRE; a batch is the same script
-with the middle three per publication. Bytes: the payload goes to Redis once
-(plus ~150 bytes of command), is stored once in the stream, and goes out
+with the middle three per publication. Publications made in the same loop
+turn (concurrent requests, client frames, ``hub.publish`` calls) share one
+script call, up to 256 callers or 1 MiB: one round trip for all of them,
+each caller's own publications still all-or-none, the script's deadline the
+earliest caller's. Bytes: the payload goes to Redis once (plus ~150 bytes
+of command, shared by a batch), is stored once in the stream, and goes out
 once to each node's subscription (plus ``epoch:seq:``, ~15 bytes). An
 ephemeral publication goes through the same script (for its deadline) and
-is only PUBLISHed, stored nowhere. ``bench/backplane.py`` measures it.
+is only PUBLISHed, stored nowhere. ``bench/backplane.py`` measures one
+broker, ``bench/fleet_fanout.py`` a subscriber node against the memory broker.
 
 Slow or unreachable Redis; bounded everywhere
 ----------------------------------------------
@@ -157,8 +162,11 @@ One setting, ``timeout`` (HUBBUB_BACKPLANE_TIMEOUT, default 2 s), bounds it:
   nothing for ever), to be made again. A refused connection or a closed
   socket (Redis killed) is noticed at once. While unhealthy, publishes fail
   at once with 503 without touching the network.
-- Subscription: each message is delivered in the subscriber task as it is
-  read; there is no queue in the node. A node that cannot keep up leaves
+- Subscription: read in batches (``redis_subscription.py``): everything a
+  socket read brought is parsed by hiredis and delivered in that read's
+  callback, so a burst is fanned out in one loop turn and each subscriber
+  written once for it; there is no queue in the node (while a gap is
+  filled from the stream, reading pauses). A node that cannot keep up leaves
   the backlog in its socket and then in Redis's output buffer for the
   connection; past Redis's ``client-output-buffer-limit pubsub`` Redis
   disconnects it, the node reconnects and catches up from the stream in

@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from .base import (BackplaneUnavailable, Broker, NodePresence, OnEpochChange, OnEvent, OnGap,
                    OnPublication, Reservation)
+from .redis_subscription import SubscriptionProtocol, open_subscription
 
 log = logging.getLogger("hubbub.backplane")
 
@@ -227,6 +228,17 @@ _UNREACHABLE = (RedisError, OSError)  # asyncio's TimeoutError included: an OSEr
 _NO_ANSWER = (TimeoutError, RedisTimeoutError)  # a stall, rather than a refusal
 
 
+# One script call carries at most this many callers' publications (or bytes):
+# Redis runs a script alone, so a huge one would delay every other client.
+BATCH_CALLS = 256
+BATCH_BYTES = 1 << 20
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()  # looked at: no "exception was never retrieved" for a gone caller
+
+
 _background: set[asyncio.Task] = set()  # referenced until done, so none is collected early
 
 
@@ -344,10 +356,6 @@ class RedisBroker(Broker):
         # node, not a stalled Redis) never makes it late.
         self._probe_redis = Redis.from_pool(ConnectionPool.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=no_retry))
-        # The subscription: its own connection, no read timeout (it waits for publications).
-        self._sub_redis = Redis.from_pool(ConnectionPool.from_url(
-            url, socket_timeout=None, socket_connect_timeout=timeout, socket_keepalive=True,
-            retry=no_retry))
         self._publish = self._redis.register_script(PUBLISH)
         self._ensure_epoch = self._redis.register_script(ENSURE_EPOCH)
         self._claim = self._redis.register_script(CLAIM)
@@ -363,7 +371,11 @@ class RedisBroker(Broker):
         self._presence_dirty = False
         self._presence_gone: set[str] = set()  # topics emptied here while Redis missed it
         self._presence_lock = asyncio.Lock()
-        self._pubsub = None
+        # The subscription: a connection of its own, read in batches (redis_subscription.py).
+        self._subscription: SubscriptionProtocol | None = None
+        self._filling: asyncio.Task | None = None  # a gap being filled from the stream
+        # (items, deadline, answer) published this loop turn, sent together (publish_all).
+        self._outgoing: list[tuple[list, float, asyncio.Future]] = []
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self._on_publication: OnPublication | None = None
@@ -386,14 +398,14 @@ class RedisBroker(Broker):
         self._on_event = on_event
         try:
             await self._heartbeat()  # measures the clock offset the deadlines need
-            pubsub = await self._connect(backfill=backfill)
+            subscription = await self._connect(backfill=backfill)
         except _UNREACHABLE as error:
             await self._close_clients()
             raise BackplaneUnavailable(f"cannot reach the backplane at {masked(self.url)}:"
                                        f" {error or 'no answer in time'}") from None
         self._subscribed = self._answering = True
         self._health_changed()
-        self._tasks = [asyncio.ensure_future(self._subscriber(pubsub)),
+        self._tasks = [asyncio.ensure_future(self._subscriber(subscription)),
                        asyncio.ensure_future(self._watch()),
                        asyncio.ensure_future(self._presence_refresher()),
                        asyncio.ensure_future(self._reaper())]
@@ -419,11 +431,8 @@ class RedisBroker(Broker):
         await self._close_clients()
 
     async def _close_clients(self) -> None:
-        if self._pubsub is not None:
-            await self._pubsub.aclose()
-            self._pubsub = None
+        self._drop_subscription()
         await self._redis.aclose()
-        await self._sub_redis.aclose()
         await self._probe_redis.aclose()
 
     def _health_changed(self, reason: str = "") -> None:
@@ -459,11 +468,63 @@ class RedisBroker(Broker):
         see "Deadlines" in the package docstring for the one narrow window
         left. With a ``reservation`` the ids are stored under its
         Idempotency-Key in the same step, and only while the key holds it.
+
+        Calls made in the same loop turn without a reservation share one
+        script call (see ``_send_outgoing``): one round trip for all of them.
         """
         if not self.healthy:
             raise BackplaneUnavailable("backplane unavailable: Redis is unreachable")
         if deadline is None:
             deadline = time.monotonic() + self.timeout
+        if reservation is not None:  # its own script: the key goes with it
+            return await self._publish_items(items, deadline, reservation)
+        answer = asyncio.get_running_loop().create_future()
+        answer.add_done_callback(_retrieved)  # a caller may have been cancelled meanwhile
+        self._outgoing.append((items, deadline, answer))
+        if len(self._outgoing) == 1:
+            asyncio.get_running_loop().call_soon(self._send_outgoing)
+        # Shielded: a cancelled caller must not cancel the others' publications.
+        return await asyncio.shield(answer)
+
+    def _send_outgoing(self) -> None:
+        """Send what was published this loop turn, in order, as few script calls as
+        the batch bounds allow; each caller's publications stay in one call, so
+        each call is still all-or-none."""
+        outgoing, self._outgoing = self._outgoing, []
+        batch: list = []
+        size = 0
+        for entry in outgoing:
+            bytes_ = sum(len(payload) for payload, _ in entry[0])
+            if batch and (len(batch) >= BATCH_CALLS or size + bytes_ > BATCH_BYTES):
+                in_background(self._publish_batch(batch))
+                batch, size = [], 0
+            batch.append(entry)
+            size += bytes_
+        in_background(self._publish_batch(batch))
+
+    async def _publish_batch(self, batch: list) -> None:
+        """One script call for several callers; each gets its own ids, or the error.
+
+        The script's deadline is the earliest caller's, so it answers every
+        caller by its own deadline, and one that ran late did nothing for any."""
+        items = [item for entry in batch for item in entry[0]]
+        try:
+            numbered = await self._publish_items(items, min(entry[1] for entry in batch))
+        except BaseException as error:  # noqa: BLE001 - handed to every caller
+            if isinstance(error, asyncio.CancelledError):  # the broker is stopping
+                error = BackplaneUnavailable("backplane unavailable: the hub is stopping")
+            for _, _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(error)
+            return
+        start = 0
+        for calls_items, _, answer in batch:
+            if not answer.done():
+                answer.set_result(numbered[start:start + len(calls_items)])
+            start += len(calls_items)
+
+    async def _publish_items(self, items: list[tuple[bytes, bool]], deadline: float,
+                             reservation: Reservation | None = None) -> list[tuple[str, int] | None]:
         keys = self._epoch_keys
         held = ids_ttl = b""
         if reservation is not None:
@@ -515,21 +576,21 @@ class RedisBroker(Broker):
         return result
 
     # -- the subscription -----------------------------------------------------
-    async def _connect(self, backfill: int | None = None):
-        """Subscribe, learn the epoch and catch up from the stream; the pubsub, ready.
+    async def _connect(self, backfill: int | None = None) -> SubscriptionProtocol:
+        """Subscribe, learn the epoch and catch up from the stream; the subscription, delivering.
 
         Subscribing before reading the stream means nothing published in
-        between is missed: it is either in what we read or in what we hear,
-        and what we hear twice is skipped by seq.
+        between is missed: it is either in what we read or in what we hear
+        (held meanwhile, reading paused), and what we hear twice is skipped by seq.
         """
-        pubsub = self._sub_redis.pubsub()
+        subscription = None
         try:
             # Bounded: a stalled Redis still accepts connections (the kernel
             # does), then answers nothing.
             async with asyncio.timeout(self.timeout):
-                await pubsub.subscribe(self.channel, self.events_channel)
-                for _ in range(2):  # the confirmations
-                    await pubsub.get_message(timeout=None)
+                subscription = await open_subscription(self.url, [self.channel, self.events_channel],
+                                                       self._message)
+                subscription.hold()
                 epoch, seq_now = await self._ensure_epoch(keys=self._epoch_keys,
                                                           args=[self._candidate])
             epoch = self._epoch_seen(epoch)
@@ -542,10 +603,12 @@ class RedisBroker(Broker):
                 self._adopt(epoch)
             await self._fill(seq_now)
         except BaseException:
-            await pubsub.aclose()
+            if subscription is not None:
+                subscription.close()
             raise
-        self._pubsub = pubsub
-        return pubsub
+        self._subscription = subscription
+        subscription.release()  # what was heard meanwhile, then live
+        return subscription
 
     def _epoch_seen(self, epoch: bytes) -> str:
         epoch = epoch.decode()
@@ -553,13 +616,13 @@ class RedisBroker(Broker):
             self._candidate = secrets.token_hex(4)
         return epoch
 
-    async def _subscriber(self, pubsub) -> None:
+    async def _subscriber(self, subscription: SubscriptionProtocol | None) -> None:
         """Listen; on any failure go unhealthy and reconnect with backoff and jitter."""
         delay = BACKOFF_MIN
         while not self._stopping:
-            if pubsub is None:
+            if subscription is None:
                 try:
-                    pubsub = await self._connect()
+                    subscription = await self._connect()
                 except _UNREACHABLE as error:  # TimeoutError included: an OSError
                     log.debug("backplane reconnect failed: %s", error)
                     await asyncio.sleep(random.uniform(delay / 2, delay))
@@ -572,25 +635,35 @@ class RedisBroker(Broker):
                 await self._probe_redis.connection_pool.disconnect(inuse_connections=False)
                 self._subscribed = True
                 self._health_changed()
-            try:
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        if message["channel"] == self._events_channel_b:
-                            self._event(message["data"])
-                        else:
-                            await self._receive(message["data"])
-            except _UNREACHABLE as error:
-                log.debug("backplane subscription lost: %s", error)
+            # Messages are delivered from the protocol's own callback; this
+            # task only waits for the connection to end.
+            error = await subscription.closed
+            log.debug("backplane subscription lost: %s", error)
             self._subscribed = False
             self._health_changed("subscription lost")
-            self._pubsub = None
-            await pubsub.aclose()
-            pubsub = None
+            self._drop_subscription()
+            subscription = None
             await asyncio.sleep(random.uniform(0, BACKOFF_MIN))
 
-    async def _receive(self, data: bytes) -> None:
-        epoch, seq, payload = data.split(b":", 2)
-        seq = int(seq)
+    def _drop_subscription(self) -> None:
+        if self._filling is not None:
+            self._filling.cancel()
+            self._filling = None
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
+
+    def _message(self, channel: bytes, data: bytes) -> None:
+        """One pub/sub message, in the subscription's read callback."""
+        if channel == self._events_channel_b:
+            self._event(data)
+            return
+        try:
+            epoch, seq, payload = data.split(b":", 2)
+            seq = int(seq)
+        except ValueError:  # not this hub's format: another writer on the channel
+            log.error("backplane: ignored a malformed message on %s: %r", self.channel, data[:100])
+            return
         if seq == 0:
             self._deliver(None, payload)
             return
@@ -599,9 +672,31 @@ class RedisBroker(Broker):
         if seq <= self._last:  # already read from the stream while catching up
             return
         if seq > self._last + 1:
-            await self._fill(seq - 1)
+            # Missed some (the subscription was briefly behind the stream):
+            # fill from the stream first; later messages wait, in order.
+            self._subscription.hold()
+            self._filling = in_background(self._fill_before(seq, payload))
+            return
         self._last = seq
         self._deliver(seq, payload)
+
+    async def _fill_before(self, seq: int, payload: bytes) -> None:
+        """Deliver the kept publications before ``seq``, then it, then what was held."""
+        subscription = self._subscription
+        try:
+            await self._fill(seq - 1)
+        except Exception as error:  # noqa: BLE001 - whatever it was, the reconnect recovers
+            # The reconnect catches up from the stream, this one included.
+            log.debug("backplane: filling a gap failed: %r", error)
+            if subscription is not None:
+                subscription.close()
+            return
+        self._filling = None
+        if seq > self._last:
+            self._last = seq
+            self._deliver(seq, payload)
+        if subscription is not None and subscription is self._subscription:
+            subscription.release()
 
     async def _fill(self, upto: int) -> None:
         """Deliver the kept publications after the last one delivered, up to ``upto``."""
@@ -815,9 +910,8 @@ class RedisBroker(Broker):
         reconnects, and is healthy again once caught up."""
         self._answering = False
         self._health_changed(reason)
-        connection = self._pubsub.connection if self._pubsub is not None else None
-        if connection is not None and not self._stopping:
-            in_background(connection.disconnect(nowait=True))  # the caller answers now
+        if self._subscription is not None and not self._stopping:
+            self._subscription.close()
 
     async def _presence_refresher(self) -> None:
         # Three refreshes per PRESENCE_TTL (at most 5 s apart): the presence
