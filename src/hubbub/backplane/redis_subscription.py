@@ -144,7 +144,7 @@ class SubscriptionProtocol(asyncio.Protocol):
 
 
 async def open_subscription(url: str, channels: list[str], on_message: OnMessage) -> SubscriptionProtocol:
-    """Connect to ``url`` (redis://, rediss:// or unix://), subscribe to
+    """Connect to ``url`` (redis:// or rediss://, as Config allows), subscribe to
     ``channels`` and return the protocol, holding (call ``release()``).
     The caller bounds the time it may take."""
     params = parse_url(url)
@@ -153,15 +153,12 @@ async def open_subscription(url: str, channels: list[str], on_message: OnMessage
     def factory() -> SubscriptionProtocol:
         return SubscriptionProtocol(on_message)
 
-    if params.get("path"):
-        _, protocol = await loop.create_unix_connection(factory, params["path"])
-    else:
-        tls = _tls_context(params) if url.startswith("rediss:") else None
-        _, protocol = await loop.create_connection(factory, params.get("host", "localhost"),
-                                                   params.get("port", 6379), ssl=tls)
-        sock = protocol.transport.get_extra_info("socket")
-        if sock is not None:  # a dead peer is noticed even when nobody publishes
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    tls = _tls_context(params) if url.startswith("rediss:") else None
+    _, protocol = await loop.create_connection(factory, params.get("host", "localhost"),
+                                               params.get("port", 6379), ssl=tls)
+    sock = protocol.transport.get_extra_info("socket")
+    if sock is not None:  # a dead peer is noticed even when nobody publishes
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     try:
         await protocol.subscribe(params, channels)
     except BaseException:
