@@ -84,11 +84,11 @@ def run_case(case: str, args, rate: float, burst: int, redis_url: str, workdir: 
            "BENCH_SIZE": "100", "BENCH_GO_FILE": str(go_file), "HUBBUB_DEV": "1",
            "PYTHONUNBUFFERED": "1", "HUBBUB_BACKPLANE": "memory"}
     procs: list[subprocess.Popen] = []
-    if case == "redis":
+    if case != "memory":
         env["HUBBUB_BACKPLANE"] = redis_url
-        node_b_env = {**env, "BENCH_COUNT": "0"}  # node B only subscribes
-    else:
-        node_b_env = env
+    # redis: node B only subscribes, node A publishes; redis-self: one node
+    # publishes through Redis (awaiting each) and hears its own publications back.
+    node_b_env = {**env, "BENCH_COUNT": "0"} if case == "redis" else env
     server = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "hubbub.benchmark.servers",
                                "hubbub-native", str(port)], env=node_b_env, stdout=subprocess.DEVNULL,
                               stderr=open(workdir / f"server-{port}.log", "wb"), start_new_session=True)
@@ -122,7 +122,7 @@ def run_case(case: str, args, rate: float, burst: int, redis_url: str, workdir: 
                "expected": output["expected"], "p50_ms": output["p50_ms"], "p99_ms": output["p99_ms"],
                "cpu_us_per_delivery": cpu / received * 1e6 if received else None,
                "deliveries_per_s": received / max(output["seconds"], 1e-9) if received else None}
-        if case == "redis":
+        if case != "memory":
             pubs = max(1, args.count)
             row["round_trips_per_pub"] = (redis_after["calls"] - redis_before["calls"]) / pubs
             row["bytes_in_per_pub"] = (redis_after["in"] - redis_before["in"]) / pubs
@@ -153,6 +153,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--rate", type=float, action="append")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--case", action="append", choices=["memory", "redis", "redis-self"],
+                        help="default: memory and redis (redis-self: one node publishing through Redis)")
     parser.add_argument("--burst", type=int, action="append",
                         help="publications per loop turn at saturation (rate 0); default 1")
     parser.add_argument("--pin-others", action="store_true",
@@ -175,13 +177,13 @@ def main() -> None:
         for _ in range(args.runs):
             shapes = [(rate, burst) for rate in rates for burst in ((args.burst or [1]) if not rate else [1])]
             for rate, burst in shapes:
-                for case in ("memory", "redis"):
+                for case in args.case or ["memory", "redis"]:
                     row = run_case(case, args, rate, burst, redis_url, workdir)
                     per_turn = "one" if burst == 1 else f"{burst}"
                     shape = (f"{per_turn} per loop turn, saturated" if not rate
                              else f"{rate:g}/s, one per loop turn")
                     io = (f"{fmt(row['bytes_in_per_pub'], 0)} / {fmt(row['bytes_out_per_pub'], 0)}"
-                          if case == "redis" else "-")
+                          if case != "memory" else "-")
                     print(f"| {shape} | {case} | {row['received']:,} / {row['expected']:,} |"
                           f" {fmt(row['deliveries_per_s'], 0)} | {fmt(row['cpu_us_per_delivery'])} µs |"
                           f" {fmt(row['p50_ms'])} ms | {fmt(row['p99_ms'])} ms |"
