@@ -1,8 +1,9 @@
 """``GET /topics`` across a fleet (SPEC 10 "Server API": subscriber counts of
 "the fleet with a backplane"), on real Redis: two secured nodes, subscribers
 on both ports of each; either node answers the fleet's counts, a SIGKILLed
-node's counts leave within PRESENCE_TTL, and with Redis down the answer is a
-503 with the reason rather than this node's counts passed off as the fleet's.
+node's counts leave within PRESENCE_TTL, with Redis down the answer is a 503
+with the reason rather than this node's counts passed off as the fleet's, and
+once Redis is back (empty) the other nodes' counts are there again.
 
 Under CI=true a missing Redis (or redis-server) fails with the reason.
 """
@@ -87,19 +88,27 @@ async def test_topics_counts_the_fleet_and_a_killed_nodes_counts_leave(two_nodes
         await until_topics(a, "public.ft.", {x: 2, y: 1}, timeout=PRESENCE_TTL + 1)
 
 
-async def test_topics_is_a_503_with_the_reason_while_redis_is_down(redis_server, tmp_path):
-    hub = HubProcess(dev=False, env=node_env(redis_server.url, "ftd:")).start(tmp_path)
+async def test_topics_is_a_503_while_redis_is_down_and_the_fleets_again_after(redis_server, tmp_path):
+    """Redis restarts empty: each node writes its snapshot again (its unchanged
+    counts are found missing), so the fleet's counts come back, not just this node's."""
+    nodes: list[HubProcess] = []
+    jwt = token("fleet-down")
     try:
-        async with ws_connect(hub.url("native", f"/ws?token={token('fleet-down')}&topic=public.fd", "ws")):
-            await until_topics(hub, "public.fd", {"public.fd": 1}, timeout=5)
+        for _ in range(2):
+            nodes.append(HubProcess(dev=False, env=node_env(redis_server.url, "ftd:")).start(tmp_path))
+        a, b = nodes
+        async with ws_connect(a.url("native", f"/ws?token={jwt}&topic=public.fd", "ws")), \
+                ws_connect(b.url("asgi", f"/ws?token={jwt}&topic=public.fd", "ws")):
+            await until_topics(a, "public.fd", {"public.fd": 2}, timeout=10)
             await asyncio.to_thread(redis_server.kill)
             deadline = time.monotonic() + 10
-            while (response := await topics(hub, "public.fd")).status_code == 200:
+            while (response := await topics(a, "public.fd")).status_code == 200:
                 assert time.monotonic() < deadline, "still 200 with Redis down"
                 await asyncio.sleep(0.1)
             assert response.status_code == 503, response.text
             assert "backplane unavailable" in response.json()["reason"], response.text
-            await asyncio.to_thread(redis_server.start)  # back: the counts are answered again
-            await until_topics(hub, "public.fd", {"public.fd": 1}, timeout=15, recovering=True)
+            await asyncio.to_thread(redis_server.start)  # back, with no keys at all
+            await until_topics(a, "public.fd", {"public.fd": 2}, timeout=20, recovering=True)
     finally:
-        hub.stop()
+        for node in nodes:
+            node.stop()
