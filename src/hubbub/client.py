@@ -16,8 +16,11 @@ handed back, never compared (docs/protocol.md). Every failure to connect
 (refused, closed before the handshake, a non-101 answer such as a proxy's
 502, a handshake timeout) goes through the same backoff and is logged; with
 ``max_retries`` the client gives up after that many failures in a row and
-iteration ends. It does not reconnect after 4401 (a new token is needed) or
-after ``close()``. It answers the hub's ``{"op":"ping"}``, and says so at
+iteration ends. It does not reconnect after ``close()``, after 4401 (a new
+token is needed), or after a server-side disconnect: a close code 4000-4999
+other than 4408 (slow consumer) and 4410 (no pong), which is what ``POST
+/disconnect`` sends (4403 by default). Iteration then ends and ``closed_with``
+holds the ``ConnectionClosed`` with the hub's code and reason. It answers the hub's ``{"op":"ping"}``, and says so at
 connect, so the ASGI port can drop it (4410) if it freezes.
 
 With ``token_factory`` (a function or coroutine function returning a JWT) the
@@ -47,7 +50,10 @@ from .errors import HubError
 
 log = logging.getLogger("hubbub.client")
 
-NO_RECONNECT = {4401}
+# Application close codes (4000-4999) end the client, as a backend that
+# disconnects a user means it to stay away (SPEC 10 "Server API"), except
+# these, which ask for a reconnect and resume: 4408 slow consumer, 4410 no pong.
+RECONNECT_CODES = frozenset({4408, 4410})
 INBOX_EVENTS = ("notification", "notification_deleted", "unread_count")
 TOKEN_EXPIRED = "token expired"  # the hub's 4401 reason when exp passed: a fresh token helps
 # A connection is refreshed when this much of its token's lifetime has passed:
@@ -76,12 +82,25 @@ class Message:
 
 
 class ConnectionClosed(Exception):
-    """The client is closed for good (``close()`` or a refusal such as 4401)."""
+    """The client is closed for good: ``close()``, a refusal such as 4401, or a
+    server-side disconnect (``POST /disconnect``: its code and reason)."""
 
     def __init__(self, code: int | None, reason: str = "") -> None:
         super().__init__(f"connection closed ({code}): {reason}")
         self.code = code
         self.reason = reason
+
+
+def reconnects_after(code: int | None, reason: str, renewable: bool) -> bool:
+    """Whether a connection closed with ``code``/``reason`` is reconnected. None
+    (cut, no close frame), 1001, 1006, 1011 and the like: yes. 4401: only a
+    ``token expired`` with a token factory to ask for a fresh one. Any other
+    4000-4999 but RECONNECT_CODES: no, the hub's server API disconnected the user."""
+    if code == 4401:
+        return reason == TOKEN_EXPIRED and renewable
+    if code is not None and 4000 <= code <= 4999:
+        return code in RECONNECT_CODES
+    return True
 
 
 class _Listener(WSListener):
@@ -122,6 +141,9 @@ class Client:
         self.subscriptions: dict[str, Any] = {topic: None for topic in topics}
         self.reconnects = 0
         self.last_error: Exception | None = None  # why the latest connection attempt failed
+        # Why iteration ended (code and reason: 4401, a server-side disconnect,
+        # close(), giving up); None while the client is live.
+        self.closed_with: ConnectionClosed | None = None
         # Resume points: a subscription's ack (or reset) position, valid until
         # a message with an id arrives after it (then last_id is newer). Frames
         # arrive in hub order, so a count of ids seen tells which came last.
@@ -244,9 +266,8 @@ class Client:
                 self._connected.clear()
                 self._fail_pending(ConnectionError("connection lost"))
                 code = listener.close_code
-                expired = code == 4401 and listener.close_reason == TOKEN_EXPIRED
-                renewable = expired and self.token_factory is not None
-                if self._closed or not self.reconnect or (code in NO_RECONNECT and not renewable):
+                again = reconnects_after(code, listener.close_reason, self.token_factory is not None)
+                if self._closed or not self.reconnect or not again:
                     self._finish(ConnectionClosed(code, listener.close_reason))
                     return
                 listener = None
@@ -308,6 +329,7 @@ class Client:
         """End iteration once: every later read sees ``closed``."""
         if not self._finished:
             self._finished = True
+            self.closed_with = closed
             self._messages.put_nowait(closed)
 
     # -- operations --------------------------------------------------------------

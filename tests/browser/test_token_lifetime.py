@@ -1,12 +1,12 @@
 """hubbub.js with ``getToken`` handing out short-lived tokens (SPEC 10, issue 22).
 
-The issue asks for 10-second tokens over a minute; to keep the test near
-40 s it uses 5-second tokens with HUBBUB_JWT_LEEWAY=1 over 30 s (six token
-lifetimes). A WS, an SSE and a long-poll client on one page receive a steady
-stream of publications: the WS stays one connection (refreshed with the
-``refresh`` op), the SSE stream ends with ``expired`` every token and
-reconnects with a fresh one from the last id, and a long-poll client asks
-getToken for every request. None misses or repeats one.
+At the issue's scale: 10-second tokens (HUBBUB_JWT_LEEWAY=1) over a minute
+(six token lifetimes). A WS, an SSE and a long-poll client on one page, in
+the same minute, receive a steady stream of publications: the WS stays one
+connection (refreshed with the ``refresh`` op), the SSE stream ends with
+``expired`` every token and reconnects with a fresh one from the last id,
+and a long-poll client asks getToken for every request. None misses or
+repeats one.
 """
 from __future__ import annotations
 
@@ -22,14 +22,14 @@ from tests.integration.tokens import token
 
 from .harness import open_harness
 
-TOKEN_LIFETIME = 5
-RUN_SECONDS = 30
+TOKEN_LIFETIME = 10
+RUN_SECONDS = 60
 INTERVAL_MS = 100
 
 
 @pytest.fixture(scope="module")
 def short_token_hub(browser, tmp_path_factory):
-    # HEARTBEAT=5, not SECURED_ENV's 1: over 30 s on a loaded machine a pong
+    # HEARTBEAT=5, not SECURED_ENV's 1: over a minute on a loaded machine a pong
     # late by 2 s closed the ASGI WS 4410 once, which is not what this tests.
     process = HubProcess(dev=False, env={**SECURED_ENV, "HUBBUB_JWT_LEEWAY": "1", "HUBBUB_HEARTBEAT": "5"})
     process.start(tmp_path_factory.mktemp("short-tokens"))

@@ -37,3 +37,20 @@ def test_titles_say_what_ran_and_ports_can_be_pinned(tmp_path):
     assert "### 20 subscribers" in report
     assert next(run._pinned_ports) == base + 2  # one pinned port per case, counting up
     assert (tmp_path / "throughput.png").stat().st_size > 1000
+
+
+def test_tokens_runs_each_hubbub_contender_without_and_with_exp(tmp_path):
+    """``--tokens`` (issue 22): signed-in subscribers, a token without ``exp``
+    beside one with it, for CPU per delivery and idle memory. A token the hub
+    refused would fail the connect, so every row delivering proves they were taken."""
+    assert run.main(["--smoke", "--tokens", "--out", str(tmp_path), "--only", "hubbub native",
+                     "--scenario", "single-1k", "--scenario", "idle-10k"]) == 0
+    rows = json.loads((tmp_path / "single-1k.json").read_text())
+    assert [r["contender"] for r in rows] == [
+        f"hubbub native {kind}, {label}" for kind in ("ws", "sse") for label in (run.NO_EXP, run.WITH_EXP)]
+    for row in rows:
+        assert "error" not in row and row["lost"] == 0 and row["received"] == row["expected"], row
+    idle = json.loads((tmp_path / "idle-10k.json").read_text())
+    assert [r["contender"] for r in idle] == [f"hubbub native ws, {run.NO_EXP}", f"hubbub native ws, {run.WITH_EXP}"]
+    assert all("error" not in r and r["rss_per_connection_kib"] is not None for r in idle), idle
+    assert "command: `hubbub bench --tokens`" in (tmp_path / "RESULTS.md").read_text()

@@ -19,6 +19,8 @@ broker and delivers what the broker gives back::
         -> ("join"|"leave", info) | None   # the user's first / last connection in the fleet
     await broker.presence_list(topic) -> {user: {"info": ..., "connections": n}}
     await broker.broadcast(event)      # a JSON-able list to every other node's on_event
+    broker.count_topics_with(counter)  # counter(prefix) -> this node's {pattern: subscribers}
+    await broker.topic_counts(prefix) -> {pattern: subscribers}   # the fleet's (GET /topics)
 
 - ``on_publication(seq, payload)`` is called for every publication of the
   fleet, this node's own included, exactly once and in strictly increasing
@@ -83,6 +85,14 @@ Redis keys and channel (``prefix`` default ``hubbub:``)
   still finds its users. A node whose entry had vanished (Redis restart, or
   retired while alive but stalled) writes its presence again, silently (no
   new joins are announced for it).
+- ``{prefix}topic-counts:{node}`` hash pattern -> that node's subscriber
+  count (``GET /topics``), written by the node's presence refresher every
+  min(PRESENCE_TTL/3, 5 s): rewritten (in one MULTI) when its counts changed
+  since the last write, else only PEXPIREd; PEXPIRE 2 x PRESENCE_TTL. A
+  listing (TOPIC_COUNTS, one script) sums the live nodes' hashes but its own,
+  to which the node adds its current counts: other nodes' counts are at most
+  one refresh period old, a dead node's leave with its heartbeat (within
+  PRESENCE_TTL).
 - channel ``{prefix}events``: fleet events, ``{node}\n{JSON array}``; a node
   skips those it sent itself. A second channel rather than markers on the
   publications channel: the publication path (hot) stays one format with no

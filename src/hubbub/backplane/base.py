@@ -11,6 +11,7 @@ OnPublication = Callable[[int | None, bytes], None]  # (seq, or None when epheme
 OnEpochChange = Callable[[str], None]  # the new epoch
 OnGap = Callable[[int], None]  # every publication with seq <= this that was not delivered never will be
 OnEvent = Callable[[list], None]  # a fleet event another node sent (``broadcast``, presence)
+TopicCounter = Callable[[str], dict[str, int]]  # prefix -> {pattern: this node's subscribers}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,21 @@ class Broker:
         raise NotImplementedError
 
     async def presence_list(self, topic: str) -> dict[str, dict[str, Any]]:
+        raise NotImplementedError
+
+    # -- subscriber counts (GET /topics) ---------------------------------------
+    # This node's subscribed patterns starting with a prefix, each with how many
+    # connections hold it: the hub's to count (it knows its connections), handed
+    # in with count_topics_with. Until then, none.
+    _count_topics: TopicCounter = staticmethod(lambda prefix: {})
+
+    def count_topics_with(self, counter: TopicCounter) -> None:
+        self._count_topics = counter
+
+    async def topic_counts(self, prefix: str = "") -> dict[str, int]:
+        """Subscribed patterns starting with ``prefix`` and their subscriber counts:
+        this node's, or with a backplane the fleet's (BackplaneUnavailable when
+        it cannot be read)."""
         raise NotImplementedError
 
 

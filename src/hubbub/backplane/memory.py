@@ -113,3 +113,6 @@ class MemoryBroker(Broker):
 
     async def presence_list(self, topic: str) -> dict[str, dict[str, Any]]:
         return self._presence.listing(topic)
+
+    async def topic_counts(self, prefix: str = "") -> dict[str, int]:
+        return self._count_topics(prefix)  # one node: its own counts are all there is

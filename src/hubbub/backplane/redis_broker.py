@@ -134,6 +134,31 @@ end
 return out
 """
 
+# The subscriber counts of every other live node (each node's snapshot, a
+# hash pattern -> count written by its presence refresher), as one flat list
+# pattern, count, pattern, count... of the patterns starting with ARGV[3]; a
+# pattern held on two nodes appears twice. Dead nodes' snapshots are skipped
+# (they expire by themselves), so a killed node's counts leave within PRESENCE_TTL.
+# KEYS: nodes zset. ARGV: snapshot key prefix, this node, pattern prefix.
+TOPIC_COUNTS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local out = {}
+local n = #ARGV[3]
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
+  if node ~= ARGV[2] then
+    local h = redis.call('HGETALL', ARGV[1] .. node)
+    for i = 1, #h, 2 do
+      if n == 0 or string.sub(h[i], 1, n) == ARGV[3] then
+        out[#out + 1] = h[i]
+        out[#out + 1] = h[i + 1]
+      end
+    end
+  end
+end
+return out
+"""
+
 # Write this node's count of (topic, user), then count the user's connections
 # on the other live nodes: the fleet-wide count before and after the change.
 # The first connection anywhere publishes the join, the last one anywhere the
@@ -924,6 +949,7 @@ class RedisBroker(Broker):
             try:
                 async with asyncio.timeout(self.timeout):
                     await self._refresh_presence()
+                    await self._write_topic_counts()
             except _UNREACHABLE as error:
                 log.debug("backplane presence refresh failed: %s", error)
 
@@ -967,3 +993,52 @@ class RedisBroker(Broker):
                 await self._reap(keys=[self._nodes_key], args=[self.prefix, self.events_channel, ""])
             except _UNREACHABLE as error:
                 log.debug("backplane reap failed: %s", error)
+
+    # -- subscriber counts (GET /topics), fleet-wide -----------------------------
+    # Each node keeps a snapshot of its counts in Redis, {prefix}topic-counts:{node}
+    # (hash pattern -> count), rewritten by the presence refresher when they
+    # changed and otherwise only extended: other nodes' counts are at most one
+    # refresh period old, min(PRESENCE_TTL/3, 5 s). A listing adds this node's
+    # own current counts to the live nodes' snapshots (TOPIC_COUNTS).
+    _topic_counts_script = None
+    _counts_written: dict[str, int] | None = None  # the snapshot Redis holds, as last written
+
+    def _topic_counts_key(self, node: str = "") -> str:
+        return f"{self.prefix}topic-counts:{node}"
+
+    async def _write_topic_counts(self) -> None:
+        counts = self._count_topics("")
+        key = self._topic_counts_key(self.node)
+        if counts == self._counts_written:
+            # Unchanged: extend it. Gone (Redis lost its data, or it expired
+            # while this node was cut off): write it again.
+            if not counts or await self._redis.pexpire(key, self._presence_ttl_ms):
+                return
+        pipe = self._redis.pipeline(transaction=True)  # readers never see it half written
+        pipe.delete(key)
+        if counts:
+            pipe.hset(key, mapping=counts)
+            pipe.pexpire(key, self._presence_ttl_ms)
+        self._counts_written = None  # unknown until the write is answered
+        await pipe.execute()
+        self._counts_written = counts
+
+    async def topic_counts(self, prefix: str = "") -> dict[str, int]:
+        """The fleet's subscriber counts of the patterns starting with ``prefix``:
+        this node's as they are now, plus every other live node's snapshot."""
+        if not self.healthy:
+            raise BackplaneUnavailable("backplane unavailable: Redis is unreachable,"
+                                       " the fleet's counts cannot be read")
+        if self._topic_counts_script is None:
+            self._topic_counts_script = self._redis.register_script(TOPIC_COUNTS)
+        try:
+            async with asyncio.timeout(self.timeout):
+                flat = await self._topic_counts_script(
+                    keys=[self._nodes_key], args=[self._topic_counts_key(), self.node, prefix])
+        except _UNREACHABLE as error:
+            raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
+        counts = dict(self._count_topics(prefix))
+        for i in range(0, len(flat), 2):
+            pattern = flat[i].decode()
+            counts[pattern] = counts.get(pattern, 0) + int(flat[i + 1])
+        return counts

@@ -9,6 +9,9 @@ delivering; deliveries are counted by the clients.
 
 Writes ``<out>/<scenario>.json``, ``<out>/RESULTS.md`` (the tables) and PNG
 plots (throughput against subscribers, latency CDF).
+
+``--tokens`` runs only the hubbub contenders, each twice: subscribers signed
+in with a JWT without ``exp`` and with one (expiry tracked), side by side.
 """
 from __future__ import annotations
 
@@ -59,6 +62,30 @@ CONTENDERS = {
 }
 IDLE_CONTENDERS = ["hubbub native ws", "hubbub asgi ws (granian)", "naive picows loop",
                    "websockets broadcast()", "naive granian asgi ws"]
+
+# --tokens (issue 22): the hubbub contenders with a JWT secret, each twice, its
+# subscribers signed in with a token without `exp` (not tracked) and with one
+# (tracked by core/expiry.py: one heap entry per connection, no per-delivery
+# check), side by side in one run. The exp is a day ahead: tracked, never reached.
+BENCH_JWT_SECRET = "hubbub-bench-secret-not-for-production-0123456789"
+NO_EXP, WITH_EXP = "token without exp", "token with exp (tracked)"
+
+
+def _bench_token(exp: bool) -> str:
+    import jwt
+
+    # `subscribe`: a signed-in user may otherwise subscribe to public.> and user.<sub>.> only.
+    claims = {"sub": "bench", "subscribe": ["bench.>"]} | ({"exp": int(time.time()) + 86_400} if exp else {})
+    return jwt.encode(claims, BENCH_JWT_SECRET, algorithm="HS256")
+
+
+def token_contenders() -> dict[str, tuple]:
+    out = {}
+    for name in ("hubbub native ws", "hubbub native sse", "hubbub asgi ws (granian)", "hubbub asgi sse (granian)"):
+        command, protocol, path = CONTENDERS[name]
+        for label, exp in ((NO_EXP, False), (WITH_EXP, True)):
+            out[f"{name}, {label}"] = (command, protocol, f"{path}&token={_bench_token(exp)}")
+    return out
 
 
 # "Saturated": the publisher yields to the event loop once per 100
@@ -148,13 +175,16 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
     raise RuntimeError("server did not start")
 
 
-def run_case(contender: str, scenario: dict, workdir: Path) -> dict:
-    command, protocol, path = CONTENDERS[contender]
+def run_case(contender: str, scenario: dict, workdir: Path, contenders: dict | None = None) -> dict:
+    contenders = contenders or CONTENDERS
+    command, protocol, path = contenders[contender]
     port = _free_port()
     go_file = workdir / f"go-{port}"
     env = {**os.environ, "BENCH_COUNT": str(scenario["count"]), "BENCH_BURST": str(scenario["burst"]),
            "BENCH_RATE": str(scenario["rate"]), "BENCH_SIZE": "100", "BENCH_GO_FILE": str(go_file),
            "HUBBUB_DEV": "1", "PYTHONUNBUFFERED": "1"}
+    if "token=" in path:  # the server checks the subscribers' tokens (--tokens)
+        env["HUBBUB_JWT_SECRET"] = BENCH_JWT_SECRET
     server = subprocess.Popen(["taskset", "-c", "0", *(a.format(port=port) for a in command)], env=env,
                               stdout=subprocess.DEVNULL, stderr=open(workdir / f"server-{port}.log", "wb"),
                               start_new_session=True)
@@ -287,16 +317,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="pin the servers' ports: PORT, PORT+1, ... one per case (default: free ports)")
     parser.add_argument("--burst", type=int,
                         help=f"publications per event-loop turn in saturated runs ({SATURATED_BURST})")
+    parser.add_argument("--tokens", action="store_true",
+                        help="run the hubbub contenders with a JWT secret, subscribers signed in with"
+                             " tokens without exp and with exp (expiry tracked), side by side")
     args = parser.parse_args(argv)
+    contenders = token_contenders() if args.tokens else CONTENDERS
+    idle_contenders = [n for n in contenders if n.split(",")[0] in IDLE_CONTENDERS]
     # A name that matches nothing would run nothing and look like a result.
     known = {scenario["name"] for scenario in scenarios(args.quick, args.smoke)}
     for name in args.scenario or ():
         if name not in known:
             parser.error(f"no scenario {name!r}; scenarios: {', '.join(sorted(known))}")
     for name in args.only or ():
-        if not any(name in contender for contender in CONTENDERS):
+        if not any(name in contender for contender in contenders):
             parser.error(f"--only {name!r} matches no contender;"
-                         f" contenders: {', '.join(CONTENDERS)}")
+                         f" contenders: {', '.join(contenders)}")
     global _pinned_ports
     _pinned_ports = itertools.count(args.port_base) if args.port_base else None
     out = Path(args.out)
@@ -312,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if args.burst and not scenario["rate"] and scenario["burst"] > 1:
             scenario["burst"] = args.burst
-        names = IDLE_CONTENDERS if scenario.get("idle") else list(CONTENDERS)
+        names = idle_contenders if scenario.get("idle") else list(contenders)
         if args.only:
             names = [n for n in names if any(o in n for o in args.only)]
         rows = []
@@ -323,19 +358,20 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"[{scenario['name']}] {name} ...", file=sys.stderr, flush=True)
             try:
-                rows.append(run_case(name, scenario, workdir))
+                rows.append(run_case(name, scenario, workdir, contenders))
             except Exception as error:  # one broken contender must not hide the others
                 rows.append({"contender": name, "scenario": scenario["name"], "error": str(error)[:200]})
         results[scenario["name"]] = rows
         (out / f"{scenario['name']}.json").write_text(json.dumps(rows, indent=1))
         sections.append(table(scenario, rows))
     header = (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()};"
-              f" command: `hubbub bench{' --quick' if args.quick else ''}`")
+              f" command: `hubbub bench{' --quick' if args.quick else ''}{' --tokens' if args.tokens else ''}`")
     report = header + "\n\n" + "\n\n".join(sections) + "\n"
     (out / "RESULTS.md").write_text(report)
-    with contextlib.suppress(Exception):
-        for path in plots(results, out):
-            print(f"wrote {path}", file=sys.stderr)
+    if not args.tokens:  # the plots compare the peers, which a --tokens run has not run
+        with contextlib.suppress(Exception):
+            for path in plots(results, out):
+                print(f"wrote {path}", file=sys.stderr)
     print(report)
     return 0
 

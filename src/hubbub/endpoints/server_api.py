@@ -6,11 +6,15 @@ connections, with the API key.
 - ``POST /unsubscribe {user, topic}``: drop one subscribed pattern from every
   connection of a user, on every node;
 - ``GET /history/{topic}?since=&limit=``: the kept publications of a topic;
-- ``GET /topics?prefix=``: the subscribed patterns of this node, with counts.
+- ``GET /topics?prefix=``: the subscribed patterns, with subscriber counts:
+  the fleet's with a backplane (this node's counts as they are, the other
+  live nodes' as of their last snapshot), else this node's.
 
-The fleet-wide two go through ``services.user_events`` (this node acts, then
-tells the others over the backplane); counts are always this node's: the
-other nodes act on a fire-and-forget fleet event and report nothing back.
+Disconnect and unsubscribe go through ``services.user_events`` (this node
+acts, then tells the others over the backplane); their counts are this
+node's: the other nodes act on a fire-and-forget fleet event and report
+nothing back. Topic counts come from the broker, which is handed this node's
+counter here (it snapshots it for the other nodes).
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ class ServerAPI:
         self.core = core
         self.auth = auth
         self.fleet = fleet
+        core.broker.count_topics_with(core.users.topic_counts)
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -73,14 +78,14 @@ class ServerAPI:
                 user, topic = unsubscribe_args(parse_body(await read_body(MAX_BODY), UNSUBSCRIBE_FIELDS))
                 return 200, {"unsubscribed": await self.fleet.unsubscribe(user, topic)}, []
             if path == "/topics":
-                return 200, self.topics(topics_prefix(request)), []
+                return 200, await self.topics(topics_prefix(request)), []
             topic = history_topic(path[len(HISTORY_PREFIX):])
             return 200, self.history(topic, request.first("since"), history_limit(request)), []
         except HubError as error:
             return error_response(error)
 
-    def topics(self, prefix: str = "") -> dict[str, Any]:
-        counts = self.core.users.topic_counts(prefix)
+    async def topics(self, prefix: str = "") -> dict[str, Any]:
+        counts = await self.core.broker.topic_counts(prefix)
         return {"topics": [{"topic": t, "subscribers": n} for t, n in sorted(counts.items())]}
 
     def history(self, topic: str, since: str | None, limit: int) -> dict[str, Any]:

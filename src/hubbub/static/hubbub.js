@@ -18,6 +18,12 @@
  * Events: message, reset, dropped, join, leave, notification, notification_deleted,
  * unread_count, connected, disconnected, error, state.
  *
+ * The client reconnects by itself after anything but close(), a refused token
+ * (4401, unless a token function can hand out a fresh one) and a server-side
+ * disconnect (POST /disconnect: a WS close 4000-4999 other than 4408 and 4410,
+ * an SSE `disconnect` event, a poll's 410). Those end it: `disconnected` says
+ * {code, reason, willReconnect: false} and the state becomes "closed".
+ *
  * Delivery guarantees come from the hub (SPEC 5, 6, 10): the client remembers
  * the id of the last message it saw and hands it back on every reconnect, on
  * every transport, so nothing kept in the hub's history is missed or repeated.
@@ -44,6 +50,11 @@ var hubbub = (function () {
   // rest (and the hub's leeway) covers a slow getToken and the round trip.
   var REFRESH_AT = 0.8;
   var REFRESH_RETRY_MS = 1000;
+  // Application close codes (4000-4999) end the client: a backend that
+  // disconnects a user (POST /disconnect, 4403 by default) means it to stay
+  // away. These ask for a reconnect and resume instead: 4408 slow consumer,
+  // 4410 no pong. 4401 has its own rule (see _linkLost).
+  var RECONNECT_CODES = [4408, 4410];
 
   var DEFAULTS = {
     transport: "auto",
@@ -156,6 +167,14 @@ var hubbub = (function () {
     var out = {};
     Object.keys(frame).forEach(function (key) { if (key !== "op") out[key] = frame[key]; });
     return out;
+  }
+
+  // Whether a link that ended with `info` was ended by the hub for good: a
+  // server-side disconnect (WS close code, SSE `disconnect` event, poll 410).
+  function endsClient(info) {
+    if (info.disconnected) return true;
+    return typeof info.code === "number" && info.code >= 4000 && info.code <= 4999 &&
+      info.code !== 4401 && RECONNECT_CODES.indexOf(info.code) < 0;
   }
 
   function HubbubError(code, reason, id) {
@@ -435,6 +454,12 @@ var hubbub = (function () {
     link.close();
     var wasReady = link.ready;
     clearTimeout(this.timers.upgrade);
+    if (endsClient(info)) {
+      // SPEC 10: the backend disconnected this user. Say so with its code and
+      // reason, and stay away rather than come back a moment later.
+      this._stop(link.kind, info.code, info.reason || "disconnected by the server");
+      return;
+    }
     if (info.code === 4401 && info.reason === TOKEN_EXPIRED && wasReady && this._renewsTokens()) {
       // SPEC 10: the connection outlived its token (WS 4401, SSE `expired`, a
       // poll's 401). Not an error: reconnect now, on the same transport, with
@@ -453,10 +478,7 @@ var hubbub = (function () {
       // hand out a fresh one, so then (and only then) the client tries again.
       this._emit("error", {code: 4401, reason: info.reason || "authentication failed"});
       if (!this._renewsTokens()) {
-        this._emit("disconnected", {transport: link.kind, code: 4401, reason: info.reason, willReconnect: false});
-        this.closed = true;
-        this._failWaiting(HubbubError(4401, info.reason || "authentication failed"));
-        this._setState("closed");
+        this._stop(link.kind, 4401, info.reason || "authentication failed");
         return;
       }
     }
@@ -483,6 +505,21 @@ var hubbub = (function () {
     this._setState("reconnecting");
     var self = this;
     this._later("reconnect", delay, function () { self._open(); });
+  };
+
+  // The hub ended this client for good (a refused token, a server-side
+  // disconnect): `disconnected` with willReconnect false, then state closed.
+  Client.prototype._stop = function (kind, code, reason) {
+    this.closed = true;
+    this._clearTimers();
+    if (typeof window !== "undefined" && window.removeEventListener) {
+      window.removeEventListener("offline", this._onOffline);
+      window.removeEventListener("online", this._onOnline);
+    }
+    this._emit("disconnected", {transport: kind, code: code, reason: reason, willReconnect: false});
+    this.transport = null;
+    this._failWaiting(HubbubError(code, reason));
+    this._setState("closed");
   };
 
   // A token function (getToken, or token given as a function) can hand out fresh tokens.
@@ -894,6 +931,12 @@ var hubbub = (function () {
     if (this.done) return;
     // The token expired; the hub ends the stream next (SPEC 10).
     if (name === "expired") { this.fail({code: 4401, reason: TOKEN_EXPIRED}); return; }
+    // The server API disconnected the user; the hub ends the stream next. A
+    // code that asks for a reconnect (4408, 4410) is reconnected as on WS.
+    if (name === "disconnect") {
+      this.fail({code: data && data.code, reason: data && data.reason});
+      return;
+    }
     if (this.probe) return;
     // A publication may be named anything, even "reset": its envelope tells.
     if (isEnvelope(data, name)) { this.client._deliver(data); return; }
@@ -940,10 +983,13 @@ var hubbub = (function () {
           return response.json().catch(function () { return {}; }).then(function (answer) {
             if (!response.ok) {
               var expired = response.status === 401 && answer.reason === TOKEN_EXPIRED;
-              if (!self.probe && !expired) {
+              // 410: the server API disconnected the user while this poll waited.
+              var disconnected = response.status === 410;
+              if (!self.probe && !expired && !disconnected) {
                 client._emit("error", {code: response.status, reason: answer.reason});
               }
-              self.fail({code: response.status === 401 ? 4401 : response.status, reason: answer.reason});
+              self.fail({code: response.status === 401 ? 4401 : response.status, reason: answer.reason,
+                         disconnected: disconnected});
               return;
             }
             if (self.done) return;
