@@ -302,10 +302,11 @@ class Hub:
             raise HubError(400, f"'limit' must be an integer from 1 to {MAX_LIMIT}")
         return history_answer(self.core, history_topic(topic), since, limit, orjson.loads)
 
-    def topics(self, prefix: str = "") -> dict[str, int]:
-        """Subscribed patterns of this node's live connections (starting with
-        ``prefix``) and how many connections hold each."""
-        return self.core.users.topic_counts(prefix)
+    async def topics(self, prefix: str = "") -> dict[str, int]:
+        """Subscribed patterns of live connections (starting with ``prefix``) and
+        how many connections hold each, as ``GET /topics``: this node's, or the
+        fleet's with a backplane (HubError 503 while it cannot be read)."""
+        return await self.broker.topic_counts(prefix)
 
     def stats(self) -> dict[str, Any]:
         return self.core.stats()

@@ -57,8 +57,8 @@ async def test_unsubscribe_user_drops_the_exact_pattern_and_tells_each_connectio
     assert sse_t.writes[-1] == b'event: unsubscribed\ndata: {"topic":"public.a.*"}\n\n'
     assert list(ws.subscriptions) == ["public.b"] and not sse.subscriptions
     assert list(other.subscriptions) == ["public.a.x"]
-    assert hub.topics() == {"public.b": 1, "public.a.x": 1}
-    assert hub.topics("public.a") == {"public.a.x": 1}
+    assert await hub.topics() == {"public.b": 1, "public.a.x": 1}
+    assert await hub.topics("public.a") == {"public.a.x": 1}
     with pytest.raises(HubError):
         await hub.unsubscribe_user("alice", "public..a")
 
