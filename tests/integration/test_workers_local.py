@@ -215,6 +215,8 @@ async def test_sigterm_drains_and_leaves_nothing_running(serve):
     folder = Path(broker.cmdline()[-3]).parent
     assert folder.is_dir() and oct(folder.stat().st_mode & 0o777) == "0o700"
     async with ws_connect(proc.url("asgi", "/ws?topic=d.t", "ws")) as ws:
+        proc.publish({"topic": "d.t", "data": "before"})
+        assert [m["data"] for m in await read(ws, 1)] == ["before"]  # attached: the drain sees it
         proc.proc.send_signal(signal.SIGTERM)
         assert await closed_with(ws) == (1001, "hub shutting down")  # drained, not cut
     assert proc.proc.wait(15) == 0
