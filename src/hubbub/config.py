@@ -158,8 +158,8 @@ class Config:
         check("backplane", self.backplane == "memory" or self.backplane.startswith(("redis://", "rediss://")),
               f"must be memory or a redis:// URL, got {self.backplane!r}")
         check("local_broker", not self.local_broker or self.backplane == "memory",
-              "is the local broker of hubbub serve's workers: it cannot be combined with"
-              f" HUBBUB_BACKPLANE={self.backplane}")
+              "names the local broker of hubbub serve's workers, which share a hub without"
+              " Redis: it cannot be combined with a redis:// HUBBUB_BACKPLANE")
         check("backplane_timeout", 0.1 <= self.backplane_timeout <= 60,
               f"must be between 0.1 and 60 seconds, got {self.backplane_timeout}")
         check("backplane_prefix", bool(self.backplane_prefix) and len(self.backplane_prefix) <= 100,

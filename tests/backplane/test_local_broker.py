@@ -288,3 +288,11 @@ async def test_a_worker_that_stops_reading_catches_up_from_the_log_or_hears_the_
     finally:
         slow.close()
         await a.broker.stop()
+
+
+def test_the_setting_refuses_a_redis_backplane_without_naming_its_password():
+    from hubbub.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"HUBBUB_LOCAL_BROKER": "/run/b.sock", "HUBBUB_BACKPLANE": "redis://:pw@h:6379/0"})
+    assert "HUBBUB_LOCAL_BROKER" in str(caught.value) and "pw" not in str(caught.value)

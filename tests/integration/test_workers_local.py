@@ -242,3 +242,19 @@ def test_one_worker_without_redis_starts_no_broker(serve):
     proc = serve(workers=1)
     assert broker_processes(proc) == []
     assert proc.publish({"topic": "one.t", "data": 1})[0].endswith("-1")
+
+
+async def test_a_killed_serve_takes_its_broker_and_the_socket_with_it(serve):
+    proc = serve()
+    (broker,) = broker_processes(proc)
+    workers = [p for p in psutil.Process(proc.proc.pid).children() if p.pid != broker.pid]
+    folder = Path(broker.cmdline()[-3]).parent
+    try:
+        proc.proc.kill()  # SIGKILL: serve cleans nothing up itself
+        proc.proc.wait(5)
+        broker.wait(5)  # it noticed its parent is gone
+        assert not folder.exists(), "the broker removed its socket and folder on the way out"
+    finally:
+        for worker in workers:  # Granian's workers are not this feature's to reap
+            if worker.is_running():
+                worker.kill()

@@ -157,6 +157,8 @@ class LocalBrokerServer:
     def hello(self, worker: "WorkerConnection", body: bytes) -> bytes:
         """Join the workers: the newest ``backfill`` kept publications, then every
         one after them (nothing in between: numbered so far is in the log)."""
+        if worker in self.workers:
+            raise ValueError("a second hello")
         self.flush()  # what is pending goes to the others first: it is in the log
         backfill = orjson.loads(body)["backfill"]
         after = max(self.seq - backfill, 0)
@@ -354,10 +356,12 @@ async def serve(path: str, history_size: int, lag_limit: int = LAG_LIMIT) -> Non
     while not stopped.done() and os.getppid() == parent:
         await asyncio.wait((stopped,), timeout=PARENT_CHECK)
     server.close()
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    for remove in (os.unlink, os.rmdir):  # the socket, and its private folder if that is all
+        try:
+            remove(path)
+        except OSError:
+            pass
+        path = os.path.dirname(path)
 
 
 def main(argv: list[str] | None = None) -> None:
