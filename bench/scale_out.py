@@ -55,6 +55,9 @@ BATCH = 10
 PUBLISHERS = 4
 
 
+SERVER_CPUS: set[int] | None = None  # --pin: the server's processes on these cores only
+
+
 def serve(url: str, workers: int, log: Path, env: dict | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
     while True:  # PORT and PORT+1 (the fast port) both free
@@ -70,7 +73,8 @@ def serve(url: str, workers: int, log: Path, env: dict | None = None) -> tuple[s
            "HUBBUB_MAX_CONNECTIONS": "20000", "HUBBUB_CONNECT_RATE": "100000",
            "HUBBUB_CLIENT_PUBLISH_RATE": "100000", **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "hubbub.cli", "serve", "--dev", "--workers", str(workers)],
-                            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+                            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, SERVER_CPUS)) if SERVER_CPUS else None)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -198,10 +202,13 @@ def local_case(workers: int, clients: int, count: int, rate: float, logs: Path,
     try:
         gen = loadgen(f"ws://127.0.0.1:{port + 1}/ws?topic=bench", clients, count)
         time.sleep(1.0)
+        perf = count_writes([proc.pid] + ([broker_proc.proc.pid] if broker_proc else [])) \
+            if COUNT_WRITES else None
         cpu0 = cpu_of()  # Granian's main, its workers and the broker: the whole tree
         acked = asyncio.run(publish(f"http://127.0.0.1:{port}", count, rate, batch=1))
         out = json.loads(gen.stdout.readline())
         cpu = cpu_of() - cpu0
+        writes = perf() if perf else None
         gen.wait(30)
     finally:
         stop(proc)
@@ -212,33 +219,56 @@ def local_case(workers: int, clients: int, count: int, rate: float, logs: Path,
             "clients": clients, "published": acked, "expected": out["expected"],
             "received": out["received"], "deliveries_per_s": out["received"] / max(out["seconds"], 1e-9),
             "server_cpu_s": cpu, "cpu_us_per_delivery": cpu / max(out["received"], 1) * 1e6,
-            "p50_ms": out["p50_ms"], "p99_ms": out["p99_ms"]}
+            "p50_ms": out["p50_ms"], "p99_ms": out["p99_ms"], "write_syscalls": writes}
+
+
+COUNT_WRITES = False  # --writes: count the server's write(2) calls with perf stat
+
+
+def count_writes(pids: list[int]):
+    """Start ``perf stat`` on every process of the server; returns a function that
+    stops it and gives the number of write(2) calls they made meanwhile."""
+    from hubbub.benchmark.run import _tree
+
+    every = sorted({p for pid in pids for p in _tree(pid)})
+    perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", "syscalls:sys_enter_write",
+                             "-p", ",".join(map(str, every))], stderr=subprocess.PIPE, text=True)
+    time.sleep(0.2)  # attached
+
+    def stop() -> int:
+        perf.send_signal(2)
+        return int(perf.communicate(timeout=10)[1].strip().splitlines()[-1].split(",")[0])
+
+    return stop
 
 
 def local_main(args: argparse.Namespace, logs: Path) -> None:
     rows = []
-    for rate in (0.0, 200.0):
+    for rate in (0.0, 200.0, 100.0):
         for _ in range(args.runs):
             for workers, own in ((1, False), (2, False), (1, True)):  # alternating: noise falls on all
                 rows.append(local_case(workers, args.clients, args.count, rate, logs, own))
                 print(json.dumps(rows[-1]), flush=True)
     print()
-    print(f"Machine: {os.cpu_count()} CPUs (shared); command: `python bench/scale_out.py --mode local"
-          f" --clients {args.clients} --count {args.count} --runs {args.runs}`\n")
+    pinned = f" (server on CPUs {sorted(SERVER_CPUS)}, load on the others)" if SERVER_CPUS else ""
+    print(f"Machine: {os.cpu_count()} CPUs (shared){pinned}; command: `python bench/scale_out.py"
+          f" --mode local --clients {args.clients} --count {args.count} --runs {args.runs}"
+          f"{' --pin' if SERVER_CPUS else ''}{' --writes' if COUNT_WRITES else ''}`\n")
     print("| case | subscribers | delivered / expected | deliveries/s | server CPU per delivery"
-          " | p50 | p99 |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          " | p50 | p99 | write(2) calls per delivery |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
+        writes = f"{r['write_syscalls'] / r['received']:.2f}" if r["write_syscalls"] else "-"
         print(f"| {r['case']} | {r['clients']:,} | {r['received']:,} / {r['expected']:,}"
               f" | {r['deliveries_per_s']:,.0f} | {r['cpu_us_per_delivery']:.2f} µs"
-              f" | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms |")
+              f" | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {writes} |")
     print()
     def mean(prefix: str, rate: str) -> float:
         values = [r["cpu_us_per_delivery"] for r in rows
                   if r["case"].startswith(prefix) and r["case"].endswith(rate)]
         return sum(values) / len(values)
 
-    for rate in ("flat out", "200 pub/s"):
+    for rate in ("flat out", "200 pub/s", "100 pub/s"):
         one = mean("--workers 1 (memory", rate)
         print(f"{rate}: server CPU per delivery against --workers 1 (memory broker):"
               f" --workers 2 (local broker) {mean('--workers 2', rate) / one:.2f}x,"
@@ -255,7 +285,19 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=400)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--logs", default="/tmp/hubbub-scale-bench")
+    parser.add_argument("--writes", action="store_true",
+                        help="--mode local: count the server's write(2) calls (needs perf)")
+    parser.add_argument("--pin", action="store_true",
+                        help="the server's processes on the first half of the cores, this script and"
+                             " the load generator on the rest: every case's server gets the same cores")
     args = parser.parse_args()
+    global COUNT_WRITES, SERVER_CPUS
+    COUNT_WRITES = args.writes
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        half = max(1, len(cpus) // 2)
+        SERVER_CPUS = set(cpus[:half])
+        os.sched_setaffinity(0, set(cpus[half:]) or set(cpus))  # the load generator inherits it
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
     if args.mode == "local":
