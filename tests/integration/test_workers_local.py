@@ -258,3 +258,23 @@ async def test_a_killed_serve_takes_its_broker_and_the_socket_with_it(serve):
         for worker in workers:  # Granian's workers are not this feature's to reap
             if worker.is_running():
                 worker.kill()
+
+
+async def test_sigterm_to_the_whole_group_drains_and_the_broker_outlives_the_workers(serve):
+    """systemd's KillMode=control-group, Ctrl-C: the broker gets the signal too, and
+    ignores it, so the workers keep their hub until they are done draining."""
+    proc = serve(env={"HUBBUB_DRAIN_GRACE": "1"})
+    (broker,) = broker_processes(proc)
+    async with ws_connect(proc.url("native", "/ws?topic=g.t", "ws")) as ws:
+        proc.publish({"topic": "g.t", "data": "before"})
+        assert [m["data"] for m in await read(ws, 1)] == ["before"]
+        os.killpg(proc.proc.pid, signal.SIGTERM)
+        await asyncio.sleep(0.3)  # in the grace: the workers still deliver, through the broker
+        assert broker.is_running()
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.post(proc.base + "/publish", json={"topic": "g.t", "data": 1})
+        assert response.status_code == 200, response.text  # the grace still publishes
+        assert [m["data"] for m in await read(ws, 1)] == [1]
+        assert await closed_with(ws) == (1001, "hub shutting down")
+    assert proc.proc.wait(15) == 0
+    broker.wait(5)
