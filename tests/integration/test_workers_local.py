@@ -9,6 +9,7 @@ by one worker and names it).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -278,3 +279,58 @@ async def test_sigterm_to_the_whole_group_drains_and_the_broker_outlives_the_wor
         assert await closed_with(ws) == (1001, "hub shutting down")
     assert proc.proc.wait(15) == 0
     broker.wait(5)
+
+
+async def test_ws_client_publishes_on_either_worker_reach_subscribers_on_both(serve):
+    proc = serve()
+    listeners, publishers = [], []
+
+    async def listener(i: int):
+        ws = await ws_connect(proc.url("native" if i % 2 else "asgi", "/ws", "ws"))
+        listeners.append(ws)
+        await subscribe(ws, "chat.>")
+        return ws
+
+    try:
+        await on_both_workers(proc, listener, 6)
+        for i in range(4):  # each lands on either worker
+            publishers.append(await ws_connect(proc.url("asgi" if i % 2 else "native", "/ws", "ws")))
+        for n, ws in enumerate(publishers):
+            for i in range(5):
+                await ws.send(json.dumps({"op": "publish", "topic": "chat.room", "data": [n, i],
+                                          "id": i}))
+        acked = [a["event_id"] for ws in publishers for a in await read(ws, 5, keep=("ack",))]
+        in_order = sorted(acked, key=lambda i: int(i.rpartition("-")[2]))
+        for ws in listeners:
+            got = await read(ws, 20)
+            assert [m["id"] for m in got] == in_order
+    finally:
+        for ws in listeners + publishers:
+            await ws.close()
+
+
+async def test_a_stalled_broker_turns_both_workers_unready_and_publishes_503_in_time(serve):
+    timeout = 1.0
+    proc = serve(env={"HUBBUB_BACKPLANE_TIMEOUT": str(timeout)})
+    (broker,) = broker_processes(proc)
+    async with httpx.AsyncClient(timeout=10, headers={"connection": "close"}) as client:
+        async def ready_answers(count: int = 10) -> set[int]:
+            return {(await client.get(proc.base + "/readyz")).status_code for _ in range(count)}
+
+        async with ws_connect(proc.url("native", "/ws?topic=st.t", "ws")) as ws:
+            broker.suspend()  # SIGSTOP: its socket stays open and says nothing
+            try:
+                started = time.monotonic()
+                response = await client.post(proc.base + "/publish", json={"topic": "st.t", "data": 0})
+                assert response.status_code == 503 and "local broker" in response.json()["reason"], response.text
+                assert time.monotonic() - started < timeout + 1.0  # bounded by the timeout
+                deadline = time.monotonic() + timeout + 2.0
+                while (answers := await ready_answers()) != {503}:  # every worker, not one
+                    assert time.monotonic() < deadline, answers
+            finally:
+                broker.resume()
+            deadline = time.monotonic() + timeout + 2.0
+            while (answers := await ready_answers()) != {200}:
+                assert time.monotonic() < deadline, answers
+            await post_each_new_connection(proc.base, [{"topic": "st.t", "data": 1}])
+            assert [m["data"] for m in await read(ws, 1)] == [1]  # the 503'd one never came
