@@ -370,12 +370,9 @@ def main(argv: list[str] | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(*args))
-    else:
-        uvloop.run(serve(*args))
+    import uvloop  # as the workers run: a dependency of hubbub
+
+    uvloop.run(serve(*args))
 
 
 class LocalBrokerProcess:
