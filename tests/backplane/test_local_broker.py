@@ -20,7 +20,7 @@ import pytest
 
 from hubbub.backplane import BackplaneUnavailable, broker_for
 from hubbub.backplane.local import LocalBroker
-from hubbub.backplane.local_protocol import DELIVER, GAP, HELLO, SEQ, Reader, entries, message
+from hubbub.backplane.local_protocol import DELIVER, GAP, HELLO, PING, SEQ, Reader, entries, message
 from hubbub.config import Config
 
 from .helpers import wait_until
@@ -296,3 +296,19 @@ def test_the_setting_refuses_a_redis_backplane_without_naming_its_password():
     with pytest.raises(ConfigError) as caught:
         Config.from_env({"HUBBUB_LOCAL_BROKER": "/run/b.sock", "HUBBUB_BACKPLANE": "redis://:pw@h:6379/0"})
     assert "HUBBUB_LOCAL_BROKER" in str(caught.value) and "pw" not in str(caught.value)
+
+
+async def test_a_connection_that_speaks_out_of_turn_is_cut_and_the_others_go_on(local_broker):
+    path = local_broker().path
+    a = await Worker(path).start()
+    try:
+        rude = socket.socket(socket.AF_UNIX)
+        rude.connect(path)
+        rude.sendall(message(PING, 1))  # before its hello
+        rude.settimeout(5)
+        assert rude.recv(100) == b"", "cut, not answered"
+        rude.close()
+        assert (await a.broker.publish(b"still"))[1] == 1
+        await wait_until(lambda: a.received, what="the publication")
+    finally:
+        await a.broker.stop()

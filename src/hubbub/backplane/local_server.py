@@ -109,7 +109,9 @@ class LocalBrokerServer:
     def flush(self) -> None:
         """One write per worker: what it missed (if it caught up), this turn's
         publications (one frame built once), then its replies and events."""
-        self._flush = None
+        if self._flush is not None:  # called directly (a hello): the scheduled one is this one
+            self._flush.cancel()
+            self._flush = None
         frame = message(DELIVER, 0, b"".join(self.pending)) if self.pending else None
         self.pending = []
         upto = self.seq
@@ -157,13 +159,14 @@ class LocalBrokerServer:
     def hello(self, worker: "WorkerConnection", body: bytes) -> bytes:
         """Join the workers: the newest ``backfill`` kept publications, then every
         one after them (nothing in between: numbered so far is in the log)."""
-        if worker in self.workers:
+        if worker.registered:
             raise ValueError("a second hello")
         self.flush()  # what is pending goes to the others first: it is in the log
         backfill = orjson.loads(body)["backfill"]
         after = max(self.seq - backfill, 0)
         gap, kept = self.kept_after(after, self.seq)
         self.workers.append(worker)
+        worker.registered = True
         worker.sent_upto = self.seq
         return orjson.dumps({"epoch": self.epoch, "gap": max(gap, after)}) + b"\n" + b"".join(kept)
 
@@ -287,6 +290,7 @@ class WorkerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.out: list[bytes] = []
         self.present: set[tuple[str, str]] = set()
+        self.registered = False  # said hello: gets publications, and may ask anything
         self.sent_upto = 0
         self.lagging = False
         self.catching_up = False
@@ -307,6 +311,8 @@ class WorkerConnection(asyncio.Protocol):
         server = self.server
         try:
             for kind, request, body in self.reader.feed(data):
+                if not self.registered and kind != HELLO:
+                    raise ValueError("a request before the hello")
                 if kind == PUBLISH:
                     reply = server.publish(body)
                 elif kind == PRESENCE:
