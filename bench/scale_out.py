@@ -244,7 +244,7 @@ def count_writes(pids: list[int]):
 
 def local_main(args: argparse.Namespace, logs: Path) -> None:
     rows = []
-    for rate in (0.0, 200.0, 100.0):
+    for rate in args.rates:
         for _ in range(args.runs):
             for workers, own in ((1, False), (2, False), (1, True)):  # alternating: noise falls on all
                 rows.append(local_case(workers, args.clients, args.count, rate, logs, own))
@@ -253,6 +253,7 @@ def local_main(args: argparse.Namespace, logs: Path) -> None:
     pinned = f" (server on CPUs {sorted(SERVER_CPUS)}, load on the others)" if SERVER_CPUS else ""
     print(f"Machine: {os.cpu_count()} CPUs (shared){pinned}; command: `python bench/scale_out.py"
           f" --mode local --clients {args.clients} --count {args.count} --runs {args.runs}"
+          f" --rates {','.join(f'{r:g}' for r in args.rates)}"
           f"{' --pin' if SERVER_CPUS else ''}{' --writes' if COUNT_WRITES else ''}`\n")
     print("| case | subscribers | delivered / expected | deliveries/s | server CPU per delivery"
           " | p50 | p99 | write(2) calls per delivery |")
@@ -268,7 +269,7 @@ def local_main(args: argparse.Namespace, logs: Path) -> None:
                   if r["case"].startswith(prefix) and r["case"].endswith(rate)]
         return sum(values) / len(values)
 
-    for rate in ("flat out", "200 pub/s", "100 pub/s"):
+    for rate in [f"{r:g} pub/s" if r else "flat out" for r in args.rates]:
         one = mean("--workers 1 (memory", rate)
         print(f"{rate}: server CPU per delivery against --workers 1 (memory broker):"
               f" --workers 2 (local broker) {mean('--workers 2', rate) / one:.2f}x,"
@@ -285,6 +286,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=400)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--logs", default="/tmp/hubbub-scale-bench")
+    parser.add_argument("--rates", type=lambda v: [float(r) for r in v.split(",")],
+                        default=[0.0, 200.0, 100.0],
+                        help="--mode local: publication rates per second, 0 = flat out (default 0,200,100)")
     parser.add_argument("--writes", action="store_true",
                         help="--mode local: count the server's write(2) calls (needs perf)")
     parser.add_argument("--pin", action="store_true",
