@@ -312,3 +312,30 @@ async def test_a_connection_that_speaks_out_of_turn_is_cut_and_the_others_go_on(
         await wait_until(lambda: a.received, what="the publication")
     finally:
         await a.broker.stop()
+
+
+async def test_topic_counts_add_every_workers_up_and_a_stopped_ones_go(local_broker):
+    path = local_broker().path
+    a = LocalBroker(path, presence_ttl=0.3)  # snapshots every 0.1 s
+    b = LocalBroker(path, presence_ttl=0.3)
+    mine = {"a": {"room.1": 2, "room.2": 1, "other": 5}, "b": {"room.1": 3}}
+    for name, broker in (("a", a), ("b", b)):
+        broker.count_topics_with(lambda prefix, own=mine[name]: {
+            p: n for p, n in own.items() if p.startswith(prefix)})
+        await broker.start(lambda seq, payload: None)
+    try:
+        async def until(broker: LocalBroker, expected: dict) -> None:
+            deadline = time.monotonic() + 5
+            while (got := await broker.topic_counts("room.")) != expected:
+                assert time.monotonic() < deadline, got
+                await asyncio.sleep(0.05)
+
+        await until(a, {"room.1": 5, "room.2": 1})
+        await until(b, {"room.1": 5, "room.2": 1})
+        mine["b"]["room.2"] = 4  # b's snapshot follows within its period
+        await until(a, {"room.1": 5, "room.2": 5})
+        await b.stop()  # its snapshot goes with its connection, at once
+        assert await a.topic_counts("room.") == {"room.1": 2, "room.2": 1}
+    finally:
+        await a.stop()
+        await b.stop()

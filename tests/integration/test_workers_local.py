@@ -334,3 +334,31 @@ async def test_a_stalled_broker_turns_both_workers_unready_and_publishes_503_in_
                 assert time.monotonic() < deadline, answers
             await post_each_new_connection(proc.base, [{"topic": "st.t", "data": 1}])
             assert [m["data"] for m in await read(ws, 1)] == [1]  # the 503'd one never came
+
+
+async def test_get_topics_counts_both_workers_subscribers_whichever_answers(serve):
+    proc = serve(env={**SECURED, "HUBBUB_PRESENCE_TTL": "3"}, dev=False)  # snapshots every 1 s
+    jwt = token("topics")
+    sockets = []
+
+    async def subscriber(i: int):
+        topics = "topic=public.lt.x" + ("&topic=public.lt.y" if i % 3 == 0 else "")
+        sockets.append(await ws_connect(proc.url("native" if i % 2 else "asgi",
+                                                 f"/ws?token={jwt}&{topics}", "ws")))
+        return sockets[-1]
+
+    try:
+        await on_both_workers(proc, subscriber, 6)
+        expected = {"public.lt.x": len(sockets), "public.lt.y": len(range(0, len(sockets), 3))}
+        deadline = time.monotonic() + 10
+        agreed = 0
+        async with httpx.AsyncClient(timeout=10, headers={"connection": "close", **KEY}) as client:
+            while agreed < 10:  # ten answers in a row, from either worker, all the whole count
+                response = await client.get(proc.base + "/topics", params={"prefix": "public.lt."})
+                assert response.status_code == 200, response.text
+                got = {t["topic"]: t["subscribers"] for t in response.json()["topics"]}
+                agreed = agreed + 1 if got == expected else 0
+                assert time.monotonic() < deadline, f"{got}, not {expected}"
+    finally:
+        for ws in sockets:
+            await ws.close()

@@ -256,6 +256,11 @@ publication path, JSON for the rest.
   first connection on the machine is the join, the last the leave, told to
   the other workers as events. A worker whose connection closes (it stopped,
   or died) leaves at once: the broker announces its users' leaves.
+- Subscriber counts (``GET /topics``): each worker sends the broker a
+  snapshot of its counts when they changed, every min(PRESENCE_TTL/3, 5 s)
+  (as a Redis node writes its ``topic-counts`` hash); a listing adds the
+  asking worker's current counts to the others' snapshots. A worker's
+  snapshot goes with its connection.
 - A worker that stops reading (more than ``LAG_LIMIT`` unread in its
   socket) stops getting frames; once it has read them it is sent what it
   missed from the log, after a GAP (``on_gap``) for what the log no longer
@@ -294,7 +299,7 @@ def broker_for(config: Any) -> Broker:
             from .local import LocalBroker
 
             return LocalBroker(config.local_broker, history_size=config.history_size,
-                               timeout=config.backplane_timeout)
+                               timeout=config.backplane_timeout, presence_ttl=config.presence_ttl)
         return MemoryBroker()
     from .redis_broker import RedisBroker
 

@@ -22,22 +22,28 @@ import orjson
 
 from .base import (BackplaneUnavailable, Broker, OnEpochChange, OnEvent, OnGap, OnPublication,
                    Reservation)
-from .local_protocol import (BROADCAST, CLAIM, DELIVER, EVENT, GAP, HELLO, ITEM, LATE, LIST, PING,
-                             PRESENCE, PUBLISH, PUBLISH_HEAD, RELEASE, REPLY, RESERVATION_GONE, SEQ,
-                             Reader, entries, message)
+from .local_protocol import (BROADCAST, CLAIM, COUNTS, DELIVER, EVENT, GAP, HELLO, ITEM, LATE, LIST,
+                             PING, PRESENCE, PUBLISH, PUBLISH_HEAD, RELEASE, REPLY, RESERVATION_GONE,
+                             SEQ, TOPICS, Reader, entries, message)
 from .local_server import stream_length_for
 
 log = logging.getLogger("hubbub.backplane")
 
 
 class LocalBroker(Broker):
-    def __init__(self, path: str, *, history_size: int = 1000, timeout: float = 2.0) -> None:
+    def __init__(self, path: str, *, history_size: int = 1000, timeout: float = 2.0,
+                 presence_ttl: float = 30.0) -> None:
         self.path = path
         self.epoch = ""
         self.healthy = False
         self.stream_length = stream_length_for(history_size)  # the hub backfills this many at start
         self.timeout = timeout
         self.probe_every = timeout / 4
+        # This worker's subscriber counts reach the broker this often (when they
+        # changed), as a Redis node writes its snapshot: GET /topics on another
+        # worker is at most this old for this one's.
+        self.counts_every = min(presence_ttl / 3, 5.0)
+        self._counts_sent: dict[str, int] = {}
         self._transport: asyncio.Transport | None = None
         self._closed: asyncio.Future | None = None
         self._reader = Reader()
@@ -50,6 +56,7 @@ class LocalBroker(Broker):
         self._connected = False
         self._stopping = False
         self._watch_task: asyncio.Task | None = None
+        self._counts_task: asyncio.Task | None = None
         self._last = 0  # the newest seq handed to on_publication
         self._on_publication: OnPublication | None = None
         self._on_gap: OnGap | None = None
@@ -82,6 +89,7 @@ class LocalBroker(Broker):
             raise
         self._health_changed()
         self._watch_task = asyncio.ensure_future(self._watch())
+        self._counts_task = asyncio.ensure_future(self._send_counts())
 
     def _hello(self, body: bytes) -> None:
         head, _, kept = body.partition(b"\n")
@@ -95,17 +103,22 @@ class LocalBroker(Broker):
         """Leave: the broker announces the leaves of this worker's users at once."""
         self._stopping = True
         self.healthy = False  # stopped, not unreachable: nothing to warn about
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            self._watch_task = None
+        for task in (self._watch_task, self._counts_task):
+            if task is not None:
+                task.cancel()
+        self._watch_task = self._counts_task = None
         if self._transport is not None and self._closed is not None:
             self._send_now()
-            self._transport.close()  # after what is buffered is written
+            if not self._closed.done():
+                # EOF, then wait for the broker to close: it has handled this
+                # worker's leaving (its users' leaves) by then.
+                self._transport.write_eof()
             try:
                 async with asyncio.timeout(self.timeout):
                     await asyncio.shield(self._closed)
             except TimeoutError:
-                self._transport.abort()
+                pass
+            self._transport.abort()  # closed by now, or not answering
         self._on_publication = None
 
     # -- the connection ---------------------------------------------------------------
@@ -286,6 +299,29 @@ class LocalBroker(Broker):
     async def presence_list(self, topic: str) -> dict[str, dict[str, Any]]:
         return await self._call(LIST, orjson.dumps(topic), time.monotonic() + self.timeout,
                                 orjson.loads)
+
+    # -- subscriber counts (GET /topics) ------------------------------------------------------
+    async def topic_counts(self, prefix: str = "") -> dict[str, int]:
+        """Every worker's subscriber counts of the patterns starting with ``prefix``:
+        this one's as they are now, the others' as last sent (``counts_every``)."""
+        others = await self._call(TOPICS, orjson.dumps(prefix), time.monotonic() + self.timeout,
+                                  orjson.loads)
+        counts = dict(self._count_topics(prefix))
+        for pattern, count in others.items():
+            counts[pattern] = counts.get(pattern, 0) + count
+        return counts
+
+    async def _send_counts(self) -> None:
+        while self._connected and not self._stopping:
+            await asyncio.sleep(self.counts_every)
+            counts = self._count_topics("")
+            if counts == self._counts_sent:
+                continue
+            try:
+                await self._call(COUNTS, orjson.dumps(counts), time.monotonic() + self.timeout)
+            except BackplaneUnavailable:
+                continue  # sent again next time
+            self._counts_sent = counts
 
     # -- health ------------------------------------------------------------------------------
     async def _watch(self) -> None:

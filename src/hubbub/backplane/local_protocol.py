@@ -34,6 +34,8 @@ PRESENCE = ord("u")  # JSON [topic, user, info, delta] -> JSON null | ["join"|"l
 LIST = ord("l")  # JSON topic -> JSON {user: {"info", "connections"}}
 BROADCAST = ord("b")  # JSON event -> empty
 PING = ord("i")  # empty -> empty
+COUNTS = ord("n")  # JSON {pattern: this worker's subscribers}, its snapshot -> empty
+TOPICS = ord("t")  # JSON prefix -> JSON {pattern: subscribers} of the other workers' snapshots
 # broker -> worker
 REPLY = ord("R")
 DELIVER = ord("D")

@@ -41,9 +41,9 @@ from typing import Any
 
 import orjson
 
-from .local_protocol import (BROADCAST, CLAIM, DELIVER, ENTRY, EVENT, GAP, HELLO, ITEM, LATE, LIST,
-                             PING, PRESENCE, PUBLISH, PUBLISH_HEAD, PUBLISHED, RELEASE, REPLY,
-                             RESERVATION_GONE, SEQ, Reader, message)
+from .local_protocol import (BROADCAST, CLAIM, COUNTS, DELIVER, ENTRY, EVENT, GAP, HELLO, ITEM, LATE,
+                             LIST, PING, PRESENCE, PUBLISH, PUBLISH_HEAD, PUBLISHED, RELEASE, REPLY,
+                             RESERVATION_GONE, SEQ, TOPICS, Reader, message)
 
 log = logging.getLogger("hubbub.backplane")
 
@@ -264,6 +264,18 @@ class LocalBrokerServer:
             users[user] = {"info": info, "connections": sum(entry[0] for entry in holders.values())}
         return orjson.dumps(users)
 
+    def topics(self, worker: "WorkerConnection", body: bytes) -> bytes:
+        """The other workers' subscriber counts of the patterns starting with a prefix
+        (the asking worker adds its own, as they are now)."""
+        prefix = orjson.loads(body)
+        counts: dict[str, int] = {}
+        for other in self.workers:
+            if other is not worker:
+                for pattern, count in other.topic_counts.items():
+                    if pattern.startswith(prefix):
+                        counts[pattern] = counts.get(pattern, 0) + count
+        return orjson.dumps(counts)
+
     def gone(self, worker: "WorkerConnection") -> None:
         """A worker's connection closed (it stopped, or died): its users leave now
         wherever no other worker holds them."""
@@ -290,6 +302,7 @@ class WorkerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.out: list[bytes] = []
         self.present: set[tuple[str, str]] = set()
+        self.topic_counts: dict[str, int] = {}  # its snapshot for GET /topics; gone with it
         self.registered = False  # said hello: gets publications, and may ask anything
         self.sent_upto = 0
         self.lagging = False
@@ -328,6 +341,11 @@ class WorkerConnection(asyncio.Protocol):
                     reply = b""
                 elif kind == PING:
                     reply = b""
+                elif kind == COUNTS:
+                    self.topic_counts = orjson.loads(body)
+                    reply = b""
+                elif kind == TOPICS:
+                    reply = server.topics(self, body)
                 elif kind == HELLO:
                     self.transport.write(message(REPLY, request, server.hello(self, body)))
                     continue
@@ -340,8 +358,13 @@ class WorkerConnection(asyncio.Protocol):
             return
         server.schedule_flush()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def eof_received(self) -> None:
+        # A worker that stops says so with EOF and waits for this side to close:
+        # its users have left (and its counts gone) before its stop returns.
         self.server.gone(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.gone(self)  # a second time after an EOF: nothing left to do
 
 
 async def serve(path: str, history_size: int, lag_limit: int = LAG_LIMIT) -> None:
