@@ -361,6 +361,9 @@ class WorkerConnection(asyncio.Protocol):
     def eof_received(self) -> None:
         # A worker that stops says so with EOF and waits for this side to close:
         # its users have left (and its counts gone) before its stop returns.
+        if self.out:  # the answers to what it asked before the EOF
+            self.transport.write(b"".join(self.out))
+            self.out = []
         self.server.gone(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
