@@ -115,17 +115,25 @@ def serve_command(args: argparse.Namespace) -> int:
     if reason is not None:
         print(f"hubbub: {reason}", file=sys.stderr)
         return EXIT_CONFIG
-    if config.workers > 1 and config.backplane == "memory":
-        # SPEC 1: N workers must be one hub; in-memory ones would be N hubs
-        # that silently miss each other's publications.
-        print(f"hubbub: refusing to start {config.workers} workers with HUBBUB_BACKPLANE=memory:"
-              " each worker would be a separate hub. Set HUBBUB_BACKPLANE=redis://HOST:PORT/DB"
-              " so the workers share publications, or run --workers 1", file=sys.stderr)
-        return EXIT_CONFIG
     # Workers rebuild the config from the environment: hand them the flags.
     for name, value in (("HOST", config.host), ("PORT", config.port), ("WORKERS", config.workers),
                         ("FAST_PORT", config.effective_fast_port), ("DEV", int(config.dev))):
         os.environ[f"HUBBUB_{name}"] = str(value)
+
+    # SPEC 1: N workers must be one hub. Without Redis they share one through
+    # a broker process of this machine (backplane/local_server.py), started
+    # before them and stopped after them; HUBBUB_LOCAL_BROKER tells them where.
+    local_broker = None
+    if config.workers > 1 and config.backplane == "memory" and not config.local_broker:
+        from .backplane.local_server import LocalBrokerProcess
+
+        try:
+            local_broker = LocalBrokerProcess(config.history_size)
+        except (OSError, RuntimeError) as error:
+            print(f"hubbub: cannot start the local broker for {config.workers} workers: {error}",
+                  file=sys.stderr)
+            return 1
+        os.environ["HUBBUB_LOCAL_BROKER"] = local_broker.path
 
     # The workers of one machine add their metrics up through a shared folder
     # (services/telemetry.py); a fresh one per run, so no earlier run's files count.
@@ -164,9 +172,11 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         server.serve()
     finally:
+        if local_broker is not None:  # the workers are gone: so can it be
+            local_broker.stop()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0
+    return 1 if local_broker is not None and local_broker.died is not None else 0
 
 
 def publish_command(args: argparse.Namespace) -> int:

@@ -90,6 +90,10 @@ class Config:
     # Where the workers of one machine share their metrics snapshots
     # (services/telemetry.py); ``hubbub serve --workers N`` sets a fresh one for N > 1.
     metrics_dir: str = ""
+    # The Unix socket of the local broker that ``hubbub serve --workers N``
+    # (N > 1, BACKPLANE=memory) starts for its workers (backplane/local_server.py):
+    # set for them, not by hand.
+    local_broker: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
@@ -153,6 +157,9 @@ class Config:
               f"must be drop_oldest or disconnect, got {self.slow_consumer!r}")
         check("backplane", self.backplane == "memory" or self.backplane.startswith(("redis://", "rediss://")),
               f"must be memory or a redis:// URL, got {self.backplane!r}")
+        check("local_broker", not self.local_broker or self.backplane == "memory",
+              "names the local broker of hubbub serve's workers, which share a hub without"
+              " Redis: it cannot be combined with a redis:// HUBBUB_BACKPLANE")
         check("backplane_timeout", 0.1 <= self.backplane_timeout <= 60,
               f"must be between 0.1 and 60 seconds, got {self.backplane_timeout}")
         check("backplane_prefix", bool(self.backplane_prefix) and len(self.backplane_prefix) <= 100,

@@ -94,3 +94,25 @@ class RedisServer:
 
     def client(self):
         return redis.Redis.from_url(self.url)
+
+
+@pytest.fixture
+def local_broker():
+    """Start local broker processes (as ``hubbub serve --workers N`` does), each stopped
+    at the end; ``start(...).deaths`` records an exit it did not ask for."""
+    from hubbub.backplane.local_server import LocalBrokerProcess
+
+    started = []
+
+    def start(history_size: int = 1000, **options) -> LocalBrokerProcess:
+        deaths: list[int] = []
+        proc = LocalBrokerProcess(history_size, on_death=deaths.append, **options)
+        proc.deaths = deaths
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.proc.poll() is None:
+            proc.proc.send_signal(signal.SIGCONT)  # a test may have left it stopped
+        proc.stop()

@@ -14,6 +14,7 @@ import pytest
 
 from hubbub.backplane import BackplaneUnavailable, MemoryBroker
 from hubbub.backplane.idempotency import IdempotencyGuard, Reservation
+from hubbub.backplane.local import LocalBroker
 from hubbub.errors import HubError
 
 from .helpers import Node, wait_until
@@ -22,12 +23,15 @@ TIMEOUT = 1.0
 SLACK = 0.5  # seconds a loaded machine may add to any bound
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "local"])
 async def broker(request):
     """A started broker and what it delivered: [(seq, payload)]."""
     received: list = []
     if request.param == "memory":
         broker = MemoryBroker()
+        await broker.start(lambda seq, payload: received.append((seq, payload)))
+    elif request.param == "local":  # the broker of `hubbub serve --workers N` without Redis
+        broker = LocalBroker(request.getfixturevalue("local_broker")().path, timeout=TIMEOUT)
         await broker.start(lambda seq, payload: received.append((seq, payload)))
     else:
         node = await Node(request.getfixturevalue("shared_redis"),

@@ -220,6 +220,58 @@ outlives its request. A 503'd request releases it in the background (the
 503 is not delayed), deleting it only if it still holds its own token; the
 release cannot race a late publish script, which does nothing past its
 deadline and publishes only while the reservation is there.
+
+The local broker: ``--workers N`` without Redis
+-----------------------------------------------
+``hubbub serve --workers N`` (N > 1) with BACKPLANE=memory starts a broker
+process of its own before Granian's workers (``local_server``), on a Unix
+socket in a private temporary folder (mode 0700) named to the workers by
+HUBBUB_LOCAL_BROKER; each worker's ``LocalBroker`` (``local``) connects to
+it. The broker holds what Redis holds for a fleet, in one event loop (so
+each request is one atomic step, as a script is): the epoch (new per run),
+the seq, a log of the newest ``stream_length_for(HISTORY_SIZE)`` kept
+publications (backfill at a worker's start, catch-up of a lagging one),
+the Idempotency-Keys with their TTLs, and presence per worker. The wire
+format is in ``local_protocol``: length-prefixed messages, binary on the
+publication path, JSON for the rest.
+
+- One order: the broker numbers and forwards every publication to every
+  worker (the publisher's own included) in seq order, on the one connection
+  that also carries that worker's replies: a worker that keeps up has
+  delivered its own publication before its publish returns.
+- Batched both ways: a worker writes everything it sent in one loop turn in
+  one write; the broker writes everything it numbered in one loop turn as
+  one DELIVER frame (built once, written to each worker), and the worker
+  hands the whole frame to ``on_publication`` in one callback, so the hub's
+  flusher writes each subscriber once for the batch.
+- Deadlines: the same clock on both sides (CLOCK_MONOTONIC is the
+  machine's), so a publish or claim carries ``deadline - timeout/2`` and the
+  broker does nothing past it; the worker answers 503 at ``deadline``. As
+  with Redis, what remains is a broker that ran the publish in time whose
+  reply took over timeout/2 to be read.
+- Health: a ping every timeout/4 answered within timeout/2 (a SIGSTOPped
+  broker turns ``healthy`` False within 3/4 of the timeout; publishes fail
+  at once then, /readyz 503), healthy again once one is answered.
+- Presence: the broker counts each user's connections per worker; the
+  first connection on the machine is the join, the last the leave, told to
+  the other workers as events. A worker whose connection closes (it stopped,
+  or died) leaves at once: the broker announces its users' leaves.
+- Subscriber counts (``GET /topics``): each worker sends the broker a
+  snapshot of its counts when they changed, every min(PRESENCE_TTL/3, 5 s)
+  (as a Redis node writes its ``topic-counts`` hash); a listing adds the
+  asking worker's current counts to the others' snapshots. A worker's
+  snapshot goes with its connection.
+- A worker that stops reading (more than ``LAG_LIMIT`` unread in its
+  socket) stops getting frames; once it has read them it is sent what it
+  missed from the log, after a GAP (``on_gap``) for what the log no longer
+  holds: never a silent hole.
+- The broker process dies: ``hubbub serve`` stops (its workers drain, exit
+  status 1) rather than restarting it, since the workers cannot be one hub
+  without it and a new broker would be a new epoch anyway; meanwhile the
+  workers answer 503. ``serve`` stops the broker after its workers (it
+  ignores SIGINT/SIGTERM so that a signal to the process group leaves it
+  to the draining workers) and removes its folder; the broker exits by
+  itself when ``serve`` is gone (its stdin closes, or its parent changes).
 """
 from __future__ import annotations
 
@@ -240,8 +292,14 @@ def __getattr__(name: str) -> Any:
 
 
 def broker_for(config: Any) -> Broker:
-    """The broker a Config asks for (``config.backplane``)."""
+    """The broker a Config asks for (``config.backplane``; with memory, the local
+    broker of ``hubbub serve``'s workers when ``config.local_broker`` names one)."""
     if config.backplane == "memory":
+        if config.local_broker:
+            from .local import LocalBroker
+
+            return LocalBroker(config.local_broker, history_size=config.history_size,
+                               timeout=config.backplane_timeout, presence_ttl=config.presence_ttl)
         return MemoryBroker()
     from .redis_broker import RedisBroker
 
