@@ -113,6 +113,17 @@ class Broker:
         raise NotImplementedError
 
 
+def stream_length_for(history_size: int) -> int:
+    """How many publications a fleet broker keeps for catching up (Redis's
+    stream, approximately with MAXLEN ~; the local broker's log).
+
+    The log is fleet-wide while HISTORY_SIZE is per topic: ten times it
+    covers a full history for ten equally busy topics, and 10,000 at least
+    lets a node that was away for that many publications catch up.
+    """
+    return max(10 * history_size, 10_000)
+
+
 class NodePresence:
     """This node's presence: topic -> user -> [connections, info].
 

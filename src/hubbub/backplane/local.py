@@ -21,11 +21,10 @@ from typing import Any
 import orjson
 
 from .base import (BackplaneUnavailable, Broker, OnEpochChange, OnEvent, OnGap, OnPublication,
-                   Reservation)
+                   Reservation, stream_length_for)
 from .local_protocol import (BROADCAST, CLAIM, COUNTS, DELIVER, EVENT, GAP, HELLO, ITEM, LATE, LIST,
                              PING, PRESENCE, PUBLISH, PUBLISH_HEAD, RELEASE, REPLY, RESERVATION_GONE,
                              SEQ, TOPICS, Reader, entries, message)
-from .local_server import stream_length_for
 
 log = logging.getLogger("hubbub.backplane")
 

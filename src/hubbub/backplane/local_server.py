@@ -24,7 +24,6 @@ the workers stopped) or its parent is gone.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
 import os
@@ -37,10 +36,11 @@ import tempfile
 import threading
 import time
 from collections import deque
-from typing import Any
 
 import orjson
 
+from .base import stream_length_for
+from .expiring_keys import ExpiringKeys
 from .local_protocol import (BROADCAST, CLAIM, COUNTS, DELIVER, ENTRY, EVENT, GAP, HELLO, ITEM, LATE,
                              LIST, PING, PRESENCE, PUBLISH, PUBLISH_HEAD, PUBLISHED, RELEASE, REPLY,
                              RESERVATION_GONE, SEQ, TOPICS, Reader, message)
@@ -54,46 +54,13 @@ PARENT_CHECK = 0.5  # seconds between looks at whether the parent is still there
 READY_TIMEOUT = 10.0  # seconds ``hubbub serve`` waits for the broker to listen
 
 
-def stream_length_for(history_size: int) -> int:
-    """How many publications the log keeps: Redis's rule (``redis_broker.stream_length_for``,
-    not imported: that module needs the redis package)."""
-    return max(10 * history_size, 10_000)
-
-
-class Keys:
-    """Idempotency-Keys with their expiry, as Redis keeps them with PX."""
-
-    def __init__(self) -> None:
-        self._values: dict[str, tuple[float, Any]] = {}
-        self._expiry: list[tuple[float, str]] = []  # heap of (expires, key)
-
-    def get(self, key: str) -> Any:
-        now = time.monotonic()
-        expiry = self._expiry
-        while expiry and expiry[0][0] <= now:  # memory follows the keys still live
-            _, old = heapq.heappop(expiry)
-            kept = self._values.get(old)
-            if kept is not None and kept[0] <= now:
-                del self._values[old]
-        kept = self._values.get(key)
-        return kept[1] if kept is not None and kept[0] > now else None
-
-    def set(self, key: str, value: Any, seconds: float) -> None:
-        expires = time.monotonic() + seconds
-        self._values[key] = (expires, value)
-        heapq.heappush(self._expiry, (expires, key))
-
-    def delete(self, key: str) -> None:
-        self._values.pop(key, None)
-
-
 class LocalBrokerServer:
     def __init__(self, history_size: int, lag_limit: int = LAG_LIMIT) -> None:
         self.lag_limit = lag_limit
         self.epoch = os.urandom(4).hex()  # a new id space per run: older ids get history_gap
         self.seq = 0
         self.log: deque[bytes] = deque(maxlen=stream_length_for(history_size))  # ENTRY + payload
-        self.keys = Keys()
+        self.keys = ExpiringKeys()
         # topic -> user -> {worker: [connections, info]}
         self.presence: dict[str, dict[str, dict[WorkerConnection, list]]] = {}
         self.workers: list[WorkerConnection] = []  # said hello: they get every publication

@@ -6,13 +6,13 @@ delivering directly.
 """
 from __future__ import annotations
 
-import heapq
 import secrets
 import time
 from typing import Any
 
 from .base import (BackplaneUnavailable, Broker, NodePresence, OnEpochChange, OnEvent, OnGap,
                    OnPublication, Reservation)
+from .expiring_keys import ExpiringKeys
 
 
 class MemoryBroker(Broker):
@@ -24,8 +24,7 @@ class MemoryBroker(Broker):
         self.seq = 0
         self._on_publication: OnPublication | None = None
         self._presence = NodePresence()
-        self._idempotency: dict[str, tuple[float, list]] = {}
-        self._idempotency_expiry: list[tuple[float, str]] = []  # heap of (expires, key)
+        self._idempotency = ExpiringKeys()
 
     async def start(self, on_publication: OnPublication, *, backfill: int = 0,
                     on_epoch_change: OnEpochChange | None = None,
@@ -45,12 +44,12 @@ class MemoryBroker(Broker):
     async def publish_all(self, items: list[tuple[Any, bool]], deadline: float | None = None,
                           reservation: Reservation | None = None) -> list[tuple[str, int] | None]:
         """In this step, no await: nothing can come between the check and the publish."""
-        if reservation is not None and self._kept(reservation.key) != reservation.marker:
+        if reservation is not None and self._idempotency.get(reservation.key) != reservation.marker:
             raise BackplaneUnavailable("the Idempotency-Key reservation expired before the"
                                        " publish; nothing was published")
         numbered = [self.publish_now(payload, ephemeral) for payload, ephemeral in items]
         if reservation is not None:
-            self._keep(reservation.key, [None if n is None else f"{n[0]}-{n[1]}" for n in numbered],
+            self._idempotency.set(reservation.key, [None if n is None else f"{n[0]}-{n[1]}" for n in numbered],
                        reservation.ttl)
         return numbered
 
@@ -68,33 +67,16 @@ class MemoryBroker(Broker):
     async def stop(self) -> None:
         self._on_publication = None
 
-    def _kept(self, key: str) -> Any:
-        """What ``key`` holds, None once expired; forgets the expired keys on the way."""
-        now = time.monotonic()
-        expiry = self._idempotency_expiry
-        while expiry and expiry[0][0] <= now:  # memory follows the keys still live
-            _, old = heapq.heappop(expiry)
-            kept = self._idempotency.get(old)
-            if kept is not None and kept[0] <= now:
-                del self._idempotency[old]
-        kept = self._idempotency.get(key)
-        return kept[1] if kept is not None and kept[0] > now else None
-
-    def _keep(self, key: str, value: Any, ttl: float) -> None:
-        expires = time.monotonic() + ttl
-        self._idempotency[key] = (expires, value)
-        heapq.heappush(self._idempotency_expiry, (expires, key))
-
     async def claim_idempotency(self, reservation: Reservation, deadline: float) -> Any:
-        kept = self._kept(reservation.key)
+        kept = self._idempotency.get(reservation.key)
         if kept is not None:
             return kept
-        self._keep(reservation.key, reservation.marker, max(0.0, deadline - time.monotonic()))
+        self._idempotency.set(reservation.key, reservation.marker, max(0.0, deadline - time.monotonic()))
         return None
 
     async def release_idempotency(self, reservation: Reservation) -> None:
-        if self._kept(reservation.key) == reservation.marker:
-            del self._idempotency[reservation.key]
+        if self._idempotency.get(reservation.key) == reservation.marker:
+            self._idempotency.delete(reservation.key)
 
     async def broadcast(self, event: list) -> None:
         return None  # no other node

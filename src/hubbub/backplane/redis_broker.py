@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .base import (BackplaneUnavailable, Broker, NodePresence, OnEpochChange, OnEvent, OnGap,
-                   OnPublication, Reservation)
+                   OnPublication, Reservation, stream_length_for)
 from .redis_subscription import SubscriptionProtocol, open_subscription
 
 log = logging.getLogger("hubbub.backplane")
@@ -299,16 +299,6 @@ async def answered_by(awaitable, deadline: float) -> Any:
         in_background(task)
         raise TimeoutError
     return task.result()
-
-
-def stream_length_for(history_size: int) -> int:
-    """How many publications the shared stream keeps (approximately, MAXLEN ~).
-
-    The stream is fleet-wide while HISTORY_SIZE is per topic: ten times it
-    covers a full history for ten equally busy topics, and 10,000 at least
-    lets a node that was away for that many publications catch up.
-    """
-    return max(10 * history_size, 10_000)
 
 
 def masked(url: str) -> str:
