@@ -15,6 +15,11 @@ stays with that client; ``resume_writing`` wakes the writer again.
 
 SSE responses are delimited by connection close (``Connection: close``, no
 chunked framing), so the queued event bytes go to the socket untouched.
+
+Idle connections are most connections, so what each one keeps is counted
+(bench/idle_memory.py, issue 20): slotted objects, no per-connection
+closures or bound methods where a shared one works, and nothing kept from
+the handshake that Hubbub does not read again.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import logging
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
+from multidict import CIMultiDict, CIMultiDictProxy  # picows' header type (one of its dependencies)
 from picows import WSAutoPingStrategy, WSListener, WSMsgType
 from picows.picows import WSProtocol
 
@@ -104,8 +110,41 @@ class NativeServer:
         )
 
 
+class _Released(asyncio.Protocol):
+    """Where the socket's transport points for a moment while the sniffer hands
+    it to picows. uvloop keeps the last ``data_received`` it was given, and a
+    buffered protocol (picows') has none to replace it with: the sniffer's
+    bound method would keep the sniffer alive for the connection's life.
+    This one is shared, and its ``data_received`` is a plain function."""
+
+    __slots__ = ()
+    data_received = staticmethod(lambda data: None)
+
+
+_RELEASED = _Released()
+# What picows' handshake objects hold once released (see forget_handshake).
+_NO_HEADERS = CIMultiDictProxy(CIMultiDict())
+
+
+def forget_handshake(ws) -> None:
+    """Empty the upgrade request and 101 response that picows keeps for the
+    connection's life (``WSTransport.request``/``response``): their headers
+    are ~2 KiB of every connection, more with a browser's, and the request's
+    path may carry a token. Hubbub parsed the request itself (``_Sniffer``)
+    and reads neither again; the two objects stay, empty."""
+    request, response = ws.request, ws.response
+    if request is not None:
+        request.method = request.path = request.version = b""
+        request.headers = _NO_HEADERS
+    if response is not None:
+        response.version = b""
+        response.headers = _NO_HEADERS
+
+
 class _Sniffer(asyncio.Protocol):
     """Reads one request head, then becomes the protocol that serves it."""
+
+    __slots__ = ("server", "buffer", "transport", "head_timer")
 
     def __init__(self, server: NativeServer) -> None:
         self.server = server
@@ -176,6 +215,7 @@ class _Sniffer(asyncio.Protocol):
         handed = [request]  # picows keeps the factory for the connection's life: not the request
         protocol = server.ws_protocol(lambda upgrade: _WSHandler(server, handed.pop()))
         transport = self.transport
+        transport.set_protocol(_RELEASED)  # drops uvloop's hold on self.data_received
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         data = bytes(self.buffer)
@@ -213,32 +253,31 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
 
 
 # -- SSE ------------------------------------------------------------------------
-class NativeSSETransport(SSEHeartbeat):
-    """An SSE response delimited by connection close: batches go to the socket as queued."""
+class _SSEStream(SSEHeartbeat, WakesWriter, asyncio.Protocol):
+    """An SSE response delimited by connection close: the socket's protocol, and
+    its connection's transport (one object: batches go to the socket as queued)."""
 
-    __slots__ = ("socket",)
+    __slots__ = ("server", "request", "transport", "conn", "gone")
     port = "native"
 
-    def __init__(self, socket: asyncio.Transport) -> None:
-        self.socket = socket
-
-    def write(self, data: bytes) -> None:
-        self.socket.write(data)
-
-    def buffered(self) -> int:
-        return self.socket.get_write_buffer_size()
-
-    def close(self, code: int, reason: str) -> None:
-        self.socket.close()
-
-
-class _SSEStream(WakesWriter, asyncio.Protocol):
     def __init__(self, server: NativeServer, request: Request, transport) -> None:
         self.server = server
-        self.request = request
+        self.request: Request | None = request
         self.transport = transport
         self.conn: Connection | None = None
         self.gone = False
+
+    # -- the connection's transport --
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    def close(self, code: int, reason: str) -> None:
+        self.transport.close()
+
+    # -- the socket's protocol --
 
     def start(self) -> None:
         asyncio.ensure_future(self._open())
@@ -257,9 +296,8 @@ class _SSEStream(WakesWriter, asyncio.Protocol):
     async def _open_stream(self) -> None:
         hub = self.server.hub
         cors = self.server.cors.response_headers(self.request.headers)
-        sse = NativeSSETransport(self.transport)
         conn, opening = await hub.streams.open_sse(
-            self.request, lambda principal: hub.core.connection(wire.SSE, principal, sse))
+            self.request, lambda principal: hub.core.connection(wire.SSE, principal, self))
         self.request = None
         if self.gone:
             if conn is not None:
@@ -274,8 +312,9 @@ class _SSEStream(WakesWriter, asyncio.Protocol):
         self.transport.write(SSE_HEAD[:-2] + head_lines(cors) + b"\r\n" + opening)
         conn.flush()
 
-    def data_received(self, data: bytes) -> None:
-        pass  # nothing more is expected from an SSE client
+    # Nothing more is expected from an SSE client. A plain function: uvloop
+    # keeps what ``data_received`` gives, and a bound method is 64 B of each stream.
+    data_received = staticmethod(lambda data: None)
 
     def connection_lost(self, exc) -> None:
         self.gone = True
@@ -359,6 +398,7 @@ class _WSHandler(WakesWriter, WSListener):
         self.fragments_text = False
 
     def on_ws_connected(self, transport) -> None:
+        forget_handshake(transport)  # the 101 is written: picows is done with both
         hub = self.server.hub
         if hub.core.draining:
             transport.send_close(CLOSE_SHUTDOWN)
