@@ -82,7 +82,11 @@ async def scenario() -> None:
         # One flusher entry point and one close callback for all of them.
         assert len({id(c.schedule) for c in conns}) == 1
         assert len({id(c.on_closed) for c in conns}) == 1
+        # One pattern string for every subscription of the topic (interned).
+        assert len({id(pattern) for c in conns for pattern in c.subscriptions}) == 1
+        # A WS connection's transport is its picows listener too (one object).
         ws_conns = [c for c in conns if isinstance(c.transport, native.NativeWSTransport)]
+        assert all(c.transport.conn is c for c in ws_conns)
         sse_conns = [c for c in conns if isinstance(c.transport, native._SSEStream)]
         assert len(ws_conns) == len(sse_conns) == N
         for conn in ws_conns:  # picows' copies of the handshake are emptied

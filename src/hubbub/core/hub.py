@@ -27,6 +27,7 @@ outboxes that overflowed under ``disconnect`` have their connection closed
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -149,6 +150,8 @@ class HubCore:
 
         ``presence``: the connection gets join/leave events of this pattern."""
         pattern = requested_pattern(pattern)
+        if type(pattern) is str:  # interned: a topic's many connections share one key (56+ B each)
+            pattern = sys.intern(pattern)
         try:
             tag_filter = compile_filter(filter_spec)
         except FilterError as error:

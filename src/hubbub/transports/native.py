@@ -81,6 +81,8 @@ class NativeServer:
         self.cors = CorsPolicy.of(hub.config)
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
+        # One float for every picows protocol (each would otherwise keep its own, 24 B).
+        self.liveness_period = float(hub.config.liveness_period)
 
     async def start(self, host: str, port: int, ssl=None, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -95,7 +97,7 @@ class NativeServer:
 
     def ws_protocol(self, listener_factory) -> WSProtocol:
         """picows' own server protocol, configured as ``ws_create_server`` would."""
-        heartbeat = self.hub.config.liveness_period  # unused while picows' auto-ping is off
+        heartbeat = self.liveness_period  # unused while picows' auto-ping is off
         return WSProtocol(
             None, None, False, listener_factory, picows_logger,
             True,  # disconnect on exception
@@ -213,7 +215,7 @@ class _Sniffer(asyncio.Protocol):
     def _to_websocket(self, request: Request) -> None:
         server = self.server
         handed = [request]  # picows keeps the factory for the connection's life: not the request
-        protocol = server.ws_protocol(lambda upgrade: _WSHandler(server, handed.pop()))
+        protocol = server.ws_protocol(lambda upgrade: NativeWSTransport(server, handed.pop()))
         transport = self.transport
         transport.set_protocol(_RELEASED)  # drops uvloop's hold on self.data_received
         transport.set_protocol(protocol)
@@ -339,18 +341,28 @@ def text_frame_header(length: int) -> bytes:
     return b"\x81\x7f" + length.to_bytes(8, "big")
 
 
-class NativeWSTransport:
-    """A picows connection; data frames are framed here and written to the socket."""
+class NativeWSTransport(WakesWriter, WSListener):
+    """A picows connection: its listener (frames in) and its connection's
+    transport (frames out, framed here and written to the socket). One object
+    for both, as every idle connection has one of each."""
 
-    __slots__ = ("ws", "socket", "heard", "awaiting_pong")
+    __slots__ = ("server", "request", "conn", "session", "ws", "socket", "heard", "awaiting_pong",
+                 "fragments", "fragments_size", "fragments_text")
     port = "native"
 
-    def __init__(self, ws) -> None:
-        self.ws = ws
-        self.socket = ws.underlying_transport
+    def __init__(self, server: NativeServer, request: Request) -> None:
+        self.server = server
+        self.request: Request | None = request  # until the session has it
+        self.conn: Connection | None = None
+        self.session: WSSession | None = None
+        self.ws = self.socket = None  # picows' transport and the socket's, once connected
         self.heard = True  # a frame came from the peer since the last heartbeat round
         self.awaiting_pong = False
+        self.fragments: list[bytes] | None = None  # a fragmented message being received
+        self.fragments_size = 0
+        self.fragments_text = False
 
+    # -- the connection's transport --
     def write(self, data: bytes) -> None:
         # Framed here and written to the socket's transport directly: the
         # shared frame bytes go out as they are, and this avoids picows'
@@ -368,7 +380,7 @@ class NativeWSTransport:
 
     def close(self, code: int, reason: str) -> None:
         self.ws.send_close(code, reason.encode()[:120])
-        # Let the peer answer the close (its reply disconnects, see _WSHandler):
+        # Let the peer answer the close (its reply disconnects, see on_ws_frame):
         # cutting the socket now could reset it before it reads our close frame.
         asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.ws.disconnect)
 
@@ -384,19 +396,7 @@ class NativeWSTransport:
         self.heard = False
         return None
 
-
-class _WSHandler(WakesWriter, WSListener):
-    __slots__ = ("server", "request", "conn", "session", "fragments", "fragments_size", "fragments_text")
-
-    def __init__(self, server: NativeServer, request: Request) -> None:
-        self.server = server
-        self.request = request
-        self.conn: Connection | None = None
-        self.session: WSSession | None = None
-        self.fragments: list[bytes] | None = None  # a fragmented message being received
-        self.fragments_size = 0
-        self.fragments_text = False
-
+    # -- picows' listener --
     def on_ws_connected(self, transport) -> None:
         forget_handshake(transport)  # the 101 is written: picows is done with both
         hub = self.server.hub
@@ -404,7 +404,9 @@ class _WSHandler(WakesWriter, WSListener):
             transport.send_close(CLOSE_SHUTDOWN)
             transport.disconnect()
             return
-        self.conn = hub.core.connection(wire.WS, ANONYMOUS, NativeWSTransport(transport))
+        self.ws = transport
+        self.socket = transport.underlying_transport
+        self.conn = hub.core.connection(wire.WS, ANONYMOUS, self)
         self.session = WSSession(hub.streams, self.conn, self.request)
         self.request = None
         asyncio.ensure_future(self.session.open())
@@ -414,9 +416,8 @@ class _WSHandler(WakesWriter, WSListener):
         if session is None:
             return
         kind = frame.msg_type
-        transport = self.conn.transport
-        transport.heard = True  # any frame, a pong included, shows the peer alive
-        transport.awaiting_pong = False
+        self.heard = True  # any frame, a pong included, shows the peer alive
+        self.awaiting_pong = False
         if kind == WSMsgType.CLOSE:
             ws.send_close(frame.get_close_code())
             ws.disconnect()
