@@ -19,7 +19,7 @@ cdef struct Slot:
 
 
 cdef struct Lane:
-    Slot* slots      # power-of-two ring, allocated on first push
+    Slot* slots      # power-of-two ring, allocated on the lane's first push
     Py_ssize_t head  # absolute positions; slot index = position & mask
     Py_ssize_t tail
     Py_ssize_t mask
@@ -28,7 +28,7 @@ cdef struct Lane:
 
 @cython.final
 cdef class Outbox:
-    cdef Lane lanes[4]
+    cdef Lane* lanes  # LANES of them, allocated on first push, freed once drained empty
     cdef readonly Py_ssize_t max_messages
     cdef readonly Py_ssize_t max_bytes
     cdef readonly int policy
@@ -40,9 +40,10 @@ cdef class Outbox:
     cdef public Py_ssize_t dropped
     cdef readonly Py_ssize_t dropped_total
     cdef public object owner  # the connection whose writer drains this outbox
-    cdef dict _keys
+    cdef dict _keys   # conflation key -> slot; None until the first keyed push
     cdef object __weakref__
 
     cpdef int push(self, bytes frame, int priority, object key=*) except -1
     cdef bint _shed(self) except -1
+    cdef void _release(self)
     cdef bytes _pop(self, int lane)

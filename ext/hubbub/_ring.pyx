@@ -1,16 +1,21 @@
 # cython: language_level=3
 """Compiled outbox; the contract and the reasons are in ``hubbub/_ring_py.py``.
 
-The four lanes live inside the outbox object as C structs, each a
-power-of-two ring of (frame, key) slots indexed by absolute positions, so a
-push touches the outbox and one slot and allocates nothing: that is what
-keeps a fan-out to 1,000 outboxes within a few cache lines a delivery.
+The four lanes are C structs, each a power-of-two ring of (frame, key)
+slots indexed by absolute positions, so a push touches the outbox and one
+slot and, once the storage exists, allocates nothing: that is what keeps a
+fan-out to 1,000 outboxes within a few cache lines a delivery. The lanes and
+their rings are allocated by the first push and given back when a drain
+empties the outbox (with the conflation-key dict): most connections are
+idle most of the time, and an idle outbox is then its fields alone (issue
+20). A refill costs two small pymalloc allocations, once per round.
 Conflation keys map to ``position * 4 + lane``; a conflated-away frame leaves
 a tombstone (NULL) that pops skip. Keys are expected to be plain values
 (str, int): the slots hold references the garbage collector does not see.
 """
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.string cimport memset
 from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 
 cdef enum:
@@ -65,15 +70,10 @@ cdef void _lane_free(Lane* lane):
 @cython.final
 cdef class Outbox:
     def __cinit__(self):
-        cdef int i
-        for i in range(LANES):
-            self.lanes[i].slots = NULL
-            self.lanes[i].head = self.lanes[i].tail = self.lanes[i].mask = self.lanes[i].live = 0
+        self.lanes = NULL
 
     def __dealloc__(self):
-        cdef int i
-        for i in range(LANES):
-            _lane_free(&self.lanes[i])
+        self._release()
 
     def __init__(self, Py_ssize_t max_messages=1024, Py_ssize_t max_bytes=4 << 20,
                  int policy=DROP_OLDEST, bytes separator=b""):
@@ -91,11 +91,16 @@ cdef class Outbox:
         self.nbytes = 0
         self.dropped = 0
         self.dropped_total = 0
-        self._keys = {}
+        self._keys = None
         self.owner = None
 
     def __len__(self):
         return self.count
+
+    @property
+    def allocated(self):
+        """Whether the lanes' storage exists (False for an empty outbox)."""
+        return self.lanes != NULL
 
     cpdef int push(self, bytes frame, int priority, object key=None) except -1:
         if priority < 0 or priority > CRITICAL:
@@ -139,6 +144,11 @@ cdef class Outbox:
         if self.policy == DISCONNECT and (
                 self.count + 1 > self.max_messages or self.nbytes + size > self.max_bytes):
             return OVERFLOW
+        if self.lanes == NULL:
+            self.lanes = <Lane*>PyMem_Malloc(LANES * sizeof(Lane))
+            if self.lanes == NULL:
+                raise MemoryError()
+            memset(self.lanes, 0, LANES * sizeof(Lane))
         lane = &self.lanes[priority]
         _lane_reserve(lane)
         pos = lane.tail
@@ -148,6 +158,8 @@ cdef class Outbox:
         if key is not None:
             Py_INCREF(key)
             slot.key = <PyObject*>key
+            if self._keys is None:
+                self._keys = {}
             self._keys[key] = pos * 4 + priority
         lane.tail = pos + 1
         lane.live += 1
@@ -166,6 +178,8 @@ cdef class Outbox:
         cdef Py_ssize_t taken = 0, size, n = 0
         cdef int index
         cdef Lane* lane
+        if self.lanes == NULL:
+            return b""
         for index in range(LANES - 1, -1, -1):
             lane = &self.lanes[index]
             while lane.live and n < max_messages:
@@ -178,6 +192,9 @@ cdef class Outbox:
                 n += 1
             if not lane.live and lane.mask >= SHRINK_ABOVE:
                 _lane_free(lane)  # only tombstones are left; the next push starts small
+        if not self.count:  # drained empty: give the storage back (only tombstones are left)
+            self._release()
+            self._keys = None
         if n == 1:
             return <bytes>parts[0]
         return self.separator.join(parts)
@@ -189,10 +206,8 @@ cdef class Outbox:
         return n
 
     def clear(self):
-        cdef int i
-        for i in range(LANES):
-            _lane_free(&self.lanes[i])
-        self._keys.clear()
+        self._release()
+        self._keys = None
         self.count = 0
         self.nbytes = 0
 
@@ -211,6 +226,15 @@ cdef class Outbox:
             if not shed:
                 return False
         return True
+
+    cdef void _release(self):
+        """Free the lanes, their rings and any frames and keys left in them."""
+        cdef int i
+        if self.lanes != NULL:
+            for i in range(LANES):
+                _lane_free(&self.lanes[i])
+            PyMem_Free(self.lanes)
+            self.lanes = NULL
 
     cdef bytes _pop(self, int index):
         cdef Lane* lane = &self.lanes[index]

@@ -23,6 +23,10 @@ a message count and a byte count, both counted over frames only.
 - Wake-ups: the writer sets ``armed`` when it goes idle; the first push after
   that returns ``WAKE`` (and disarms), every other push ``QUEUED``. The
   dispatcher thus wakes each writer at most once however many frames arrive.
+- Storage: the lanes (and the conflation-key map) exist from the first push
+  until a drain empties the outbox (or ``clear``); ``allocated`` says whether
+  they do. Most connections are idle most of the time, and an idle outbox is
+  then its fields alone.
 """
 from __future__ import annotations
 
@@ -59,14 +63,20 @@ class Outbox:
         self.dropped = 0  # drops not yet reported to the client
         self.dropped_total = 0
         # Each entry is [frame, key]; a conflated-away entry becomes a
-        # tombstone (frame None) and is skipped when reached.
-        self._lanes = [deque() for _ in range(LANES)]
-        self._live = [0] * LANES
-        self._keys: dict = {}  # key -> (lane, entry)
+        # tombstone (frame None) and is skipped when reached. All three are
+        # None while the outbox is empty (see ``_release``).
+        self._lanes: list[deque] | None = None
+        self._live: list[int] | None = None
+        self._keys: dict | None = None  # key -> (lane, entry)
         self.owner = None  # the connection whose writer drains this outbox
 
     def __len__(self) -> int:
         return self.count
+
+    @property
+    def allocated(self) -> bool:
+        """Whether the lanes' storage exists (False for an empty outbox)."""
+        return self._lanes is not None
 
     def push(self, frame: bytes, priority: int, key: object = None) -> int:
         if not 0 <= priority <= CRITICAL:
@@ -77,7 +87,7 @@ class Outbox:
                 return OVERFLOW
             self._count_drop()
             return QUEUED
-        if key is not None:
+        if key is not None and self._keys:
             queued = self._keys.get(key)
             if queued is not None:
                 lane, entry = queued
@@ -97,10 +107,15 @@ class Outbox:
         if self.policy == DISCONNECT and (
                 self.count + 1 > self.max_messages or self.nbytes + size > self.max_bytes):
             return OVERFLOW
+        if self._lanes is None:
+            self._lanes = [deque() for _ in range(LANES)]
+            self._live = [0] * LANES
         entry = [frame, key]
         self._lanes[priority].append(entry)
         self._live[priority] += 1
         if key is not None:
+            if self._keys is None:
+                self._keys = {}
             self._keys[key] = (priority, entry)
         self.count += 1
         self.nbytes += size
@@ -113,6 +128,8 @@ class Outbox:
 
     def drain(self, max_messages: int = 1 << 30, max_bytes: int = 1 << 62) -> bytes:
         """Pop one batch (at least one frame when not empty) joined for one write."""
+        if self._lanes is None:
+            return b""
         parts = []
         taken = 0
         for lane in range(LANES - 1, -1, -1):
@@ -122,6 +139,8 @@ class Outbox:
                     return self.separator.join(parts)
                 parts.append(self._pop(lane))
                 taken += size
+        if not self.count:  # drained empty: give the storage back (only tombstones are left)
+            self._release()
         return self.separator.join(parts)
 
     def take_dropped(self) -> int:
@@ -131,12 +150,12 @@ class Outbox:
         return n
 
     def clear(self) -> None:
-        for lane in self._lanes:
-            lane.clear()
-        self._live = [0] * LANES
-        self._keys.clear()
+        self._release()
         self.count = 0
         self.nbytes = 0
+
+    def _release(self) -> None:
+        self._lanes = self._live = self._keys = None
 
     def _shed(self) -> bool:
         """Drop oldest-lowest frames until within bounds; False if only critical frames are left."""

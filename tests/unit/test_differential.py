@@ -63,13 +63,15 @@ ring_ops = st.lists(
         st.tuples(st.just("drain"), st.integers(1, 6), st.integers(1, 64)),
         st.tuples(st.just("rearm")),
         st.tuples(st.just("take_dropped")),
+        st.tuples(st.just("clear")),
     ),
     max_size=80,
 )
 
 
 def _observe(box):
-    return (len(box), box.nbytes, box.dropped, box.dropped_total, box.armed)
+    # ``allocated``: both give their storage back at the same moments (drained empty, clear).
+    return (len(box), box.nbytes, box.dropped, box.dropped_total, box.armed, box.allocated)
 
 
 @SETTINGS
@@ -87,6 +89,9 @@ def test_outbox_twins_agree(ops, max_messages, max_bytes, policy, separator):
             assert native.drain(op[1], op[2]) == pure.drain(op[1], op[2])
         elif op[0] == "rearm":
             native.armed = pure.armed = True
+        elif op[0] == "clear":
+            native.clear()
+            pure.clear()
         else:
             assert native.take_dropped() == pure.take_dropped()
         assert _observe(native) == _observe(pure)

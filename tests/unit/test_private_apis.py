@@ -20,16 +20,18 @@ import picows
 import picows.api as picows_api
 from granian.http import HTTP1Settings
 from granian.server.common import AbstractServer
-from picows import WSListener
+from multidict import CIMultiDict
+from picows import WSListener, WSUpgradeRequest, WSUpgradeResponse
 from picows.picows import WSProtocol
 
 import hubbub.signals
 from hubbub import Config, Hub
-from hubbub.transports.native import NativeServer
+from hubbub.transports.native import NativeServer, forget_handshake
 
 PICOWS = f"picows {picows.__version__}"
 GRANIAN = f"granian {granian.__version__}"
-RE_READ_PICOWS = ("re-read picows/picows.pyx (WSProtocol.__init__, get_buffer, buffer_updated) and "
+RE_READ_PICOWS = ("re-read picows/picows.pyx (WSProtocol.__init__, get_buffer, buffer_updated), "
+                  "picows/common.py (WSUpgradeRequest, WSUpgradeResponse) and "
                   "picows/api.py (ws_create_server), fix NativeServer.ws_protocol in "
                   "src/hubbub/transports/native.py, then run the tests named in pyproject.toml "
                   "before moving the picows bound")
@@ -94,6 +96,28 @@ def test_picows_server_protocol_is_built_and_fed_as_the_sniffer_does():
             assert callable(getattr(protocol, name, None)), \
                 f"{PICOWS}: WSProtocol has no {name}(); " + RE_READ_PICOWS
     asyncio.run(build())
+
+
+def test_picows_handshake_objects_can_be_emptied_as_native_py_does():
+    """native.forget_handshake empties what picows keeps of the handshake for
+    the connection's life; it runs in every on_ws_connected, so a release that
+    made these objects read-only would fail every WebSocket."""
+    request = WSUpgradeRequest()
+    request.method, request.path, request.version = b"GET", b"/ws?token=x", b"HTTP/1.1"
+    request.headers = CIMultiDict({"Host": "x"})
+    response = WSUpgradeResponse.create_101_response()
+
+    class Handshaken:  # what picows' WSTransport shows of the handshake
+        pass
+
+    ws = Handshaken()
+    ws.request, ws.response = request, response
+    try:
+        forget_handshake(ws)
+    except (AttributeError, TypeError) as error:
+        raise AssertionError(f"{PICOWS}: its handshake objects no longer take native.py's"
+                             f" assignments ({error}); " + RE_READ_PICOWS) from error
+    assert request.path == b"" and len(request.headers) == 0 and len(response.headers) == 0
 
 
 # -- Granian's worker: signals.wrap_granian -------------------------------------------

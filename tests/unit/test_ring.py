@@ -166,6 +166,26 @@ def test_many_tombstones_and_growth_keep_order(core):
     assert o.drain().split(b",") == [b"H%d" % last[k] for k in range(7)] + [b"n%d" % i for i in range(7)]
 
 
+def test_an_empty_outbox_holds_no_storage(core):
+    """Lanes exist from the first push until drained empty (issue 20: idle connections)."""
+    o = core.Outbox(100, 1 << 20, DROP_OLDEST, b",")
+    assert not o.allocated
+    assert o.drain() == b"" and not o.allocated
+    o.push(b"a", NORMAL, "k")
+    o.push(b"b", HIGH)
+    assert o.allocated
+    assert o.drain(1) == b"b" and o.allocated  # one frame left
+    assert o.drain() == b"a" and not o.allocated
+    o.push(b"c", LOW, "k")  # the key map was given back too: "k" is a new key
+    o.push(b"d", LOW, "k")  # ...and conflates as before
+    assert len(o) == 1 and o.drain() == b"d" and not o.allocated
+    o.push(b"e", CRITICAL)
+    o.clear()
+    assert not o.allocated and len(o) == 0 and o.nbytes == 0
+    o.push(b"f", NORMAL)
+    assert o.allocated and o.drain() == b"f"
+
+
 def test_bad_arguments(core):
     with pytest.raises(ValueError):
         core.Outbox(0, 10)

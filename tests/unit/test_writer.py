@@ -5,6 +5,7 @@ while the hub is busy, the high-water stop and wake, the close state machine
 (owed frames first, detach exactly once) and heartbeats of idle connections.
 """
 import asyncio
+from collections import Counter
 
 import pytest
 
@@ -186,3 +187,25 @@ async def test_control_frames_go_out_before_queued_messages(fmt):
     await turn()
     assert transport.writes[0].startswith(b"REPLAYED") and b'"live"' in transport.writes[0]
     assert len(transport.writes) == 1 and conn.state is OPEN
+
+
+async def test_each_round_starts_at_its_own_point_so_no_subscriber_is_always_last():
+    """Woken connections come in the fan-out's subscriber order; a round writes
+    them in that order from a start that moves every round (issue 20)."""
+    hub = make_hub(flush_delay=0.0)  # every publication its own round
+    written: list[int] = []
+    for index in range(10):
+        _, transport = connect(hub)
+        transport.write = lambda data, index=index: written.append(index)
+    rounds = []
+    for n in range(200):
+        await hub.publish("t.a", n)
+        await turn()
+        rounds.append(written[:])
+        written.clear()
+    woken = rounds[0]
+    rotations = [woken[i:] + woken[:i] for i in range(len(woken))]
+    assert all(r in rotations for r in rounds)  # each written once, the order kept
+    last = Counter(r[-1] for r in rounds)
+    assert set(last) == set(range(10))  # everyone is last sometimes...
+    assert max(last.values()) <= 30  # ...and nobody much more often than 1 round in 10

@@ -7,17 +7,18 @@ earliest of them, so a connection ends within a few milliseconds of its
 deadline. The core's heartbeat round sweeps too (a backstop where no loop
 was running when a connection was tracked, or after a wall-clock jump).
 
-Each tracked connection costs one heap entry (a tuple, a float, an int and
-a weakref: about 200 bytes), and only while its token has an ``exp``; the
-weakref lets a connection that closed early be freed at once. A refresh
-(a later exp) pushes a new entry: the stale one is skipped when it comes up,
-since the deadline is read again from the connection's principal.
+Each tracked connection costs one heap entry, and only while its token has
+an ``exp``: a weak reference to the connection that carries its deadline
+and orders by it (``_Entry``: ~120 bytes with its float and heap slot; a
+``(deadline, seq, weakref)`` tuple was about 200). The weak reference lets
+a connection that closed early be freed at once. A refresh (a later exp)
+pushes a new entry: the stale one is skipped when it comes up, since the
+deadline is read again from the connection's principal.
 """
 from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import time
 import weakref
 from typing import TYPE_CHECKING
@@ -26,13 +27,30 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 
+class _Entry(weakref.ref):
+    """A heap entry: a weak reference to a connection, ordered by its deadline
+    (ties in any order: heapq needs only ``<``)."""
+
+    __slots__ = ("deadline",)
+
+    def __new__(cls, conn: "Connection", deadline: float) -> "_Entry":
+        self = super().__new__(cls, conn)
+        self.deadline = deadline
+        return self
+
+    def __init__(self, conn: "Connection", deadline: float) -> None:
+        super().__init__(conn)
+
+    def __lt__(self, other: "_Entry") -> bool:
+        return self.deadline < other.deadline
+
+
 class Expiry:
-    __slots__ = ("leeway", "_heap", "_seq", "_timer", "_timer_at")
+    __slots__ = ("leeway", "_heap", "_timer", "_timer_at")
 
     def __init__(self, leeway: float) -> None:
         self.leeway = leeway
-        self._heap: list[tuple[float, int, weakref.ref]] = []
-        self._seq = itertools.count()  # ties on a deadline never compare weakrefs
+        self._heap: list[_Entry] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # the deadline (wall clock) the timer is armed for
 
@@ -45,7 +63,7 @@ class Expiry:
         deadline = self.deadline(conn)
         if deadline is None:
             return
-        heapq.heappush(self._heap, (deadline, next(self._seq), weakref.ref(conn)))
+        heapq.heappush(self._heap, _Entry(conn, deadline))
         if self._timer is None or deadline < self._timer_at:
             self._arm(deadline)
 
@@ -57,9 +75,8 @@ class Expiry:
         heap = self._heap
         now = time.time()
         ended = 0
-        while heap and heap[0][0] <= now:
-            _, _, ref = heapq.heappop(heap)
-            conn = ref()
+        while heap and heap[0].deadline <= now:
+            conn = heapq.heappop(heap)()
             if conn is None or conn.closed:
                 continue
             deadline = self.deadline(conn)
@@ -67,15 +84,15 @@ class Expiry:
                 continue  # refreshed: its new deadline has its own entry
             conn.expire()
             ended += 1
-        if heap and (self._timer is None or heap[0][0] < self._timer_at):
-            self._arm(heap[0][0])
+        if heap and (self._timer is None or heap[0].deadline < self._timer_at):
+            self._arm(heap[0].deadline)
         return ended
 
     def _fire(self) -> None:
         self._timer = None
         self.sweep()
         if self._heap and self._timer is None:
-            self._arm(self._heap[0][0])
+            self._arm(self._heap[0].deadline)
 
     def _arm(self, deadline: float) -> None:
         try:

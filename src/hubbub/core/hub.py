@@ -27,6 +27,7 @@ outboxes that overflowed under ``disconnect`` have their connection closed
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,7 @@ class HubCore:
         self.on_unsubscribed: list[Callable[[Connection, str], None]] = []
         self.on_signed_in: list[Callable[[Connection], None]] = []
         self.on_connected: list[Callable[[Connection], None]] = []
+        self._on_closed = self._closed  # bound once: every connection holds this one object
         if broker.synchronous:  # usable before start, as a hub always was
             broker.attach(self.receive)
 
@@ -91,7 +93,7 @@ class HubCore:
         config = self.config
         outbox = Outbox(config.queue_max_messages, config.queue_max_bytes,
                         config.slow_consumer_policy, wire.SEPARATORS[fmt])
-        return Connection(fmt, principal, transport, outbox, self.flusher.schedule, self._closed)
+        return Connection(fmt, principal, transport, outbox, self.flusher.schedule, self._on_closed)
 
     def admit(self, client_ip: str | None) -> None:
         """A new connection attempt from ``client_ip``; 429 past CONNECT_RATE."""
@@ -148,6 +150,8 @@ class HubCore:
 
         ``presence``: the connection gets join/leave events of this pattern."""
         pattern = requested_pattern(pattern)
+        if type(pattern) is str:  # interned: a topic's many connections share one key (56+ B each)
+            pattern = sys.intern(pattern)
         try:
             tag_filter = compile_filter(filter_spec)
         except FilterError as error:

@@ -15,6 +15,11 @@ stays with that client; ``resume_writing`` wakes the writer again.
 
 SSE responses are delimited by connection close (``Connection: close``, no
 chunked framing), so the queued event bytes go to the socket untouched.
+
+Idle connections are most connections, so what each one keeps is counted
+(bench/idle_memory.py, issue 20): slotted objects, no per-connection
+closures or bound methods where a shared one works, and nothing kept from
+the handshake that Hubbub does not read again.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import logging
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
+from multidict import CIMultiDict, CIMultiDictProxy  # picows' header type (one of its dependencies)
 from picows import WSAutoPingStrategy, WSListener, WSMsgType
 from picows.picows import WSProtocol
 
@@ -75,6 +81,8 @@ class NativeServer:
         self.cors = CorsPolicy.of(hub.config)
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
+        # One float for every picows protocol (each would otherwise keep its own, 24 B).
+        self.liveness_period = float(hub.config.liveness_period)
 
     async def start(self, host: str, port: int, ssl=None, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -89,7 +97,7 @@ class NativeServer:
 
     def ws_protocol(self, listener_factory) -> WSProtocol:
         """picows' own server protocol, configured as ``ws_create_server`` would."""
-        heartbeat = self.hub.config.liveness_period  # unused while picows' auto-ping is off
+        heartbeat = self.liveness_period  # unused while picows' auto-ping is off
         return WSProtocol(
             None, None, False, listener_factory, picows_logger,
             True,  # disconnect on exception
@@ -104,8 +112,41 @@ class NativeServer:
         )
 
 
+class _Released(asyncio.Protocol):
+    """Where the socket's transport points for a moment while the sniffer hands
+    it to picows. uvloop keeps the last ``data_received`` it was given, and a
+    buffered protocol (picows') has none to replace it with: the sniffer's
+    bound method would keep the sniffer alive for the connection's life.
+    This one is shared, and its ``data_received`` is a plain function."""
+
+    __slots__ = ()
+    data_received = staticmethod(lambda data: None)
+
+
+_RELEASED = _Released()
+# What picows' handshake objects hold once released (see forget_handshake).
+_NO_HEADERS = CIMultiDictProxy(CIMultiDict())
+
+
+def forget_handshake(ws) -> None:
+    """Empty the upgrade request and 101 response that picows keeps for the
+    connection's life (``WSTransport.request``/``response``): their headers
+    are ~2 KiB of every connection, more with a browser's, and the request's
+    path may carry a token. Hubbub parsed the request itself (``_Sniffer``)
+    and reads neither again; the two objects stay, empty."""
+    request, response = ws.request, ws.response
+    if request is not None:
+        request.method = request.path = request.version = b""
+        request.headers = _NO_HEADERS
+    if response is not None:
+        response.version = b""
+        response.headers = _NO_HEADERS
+
+
 class _Sniffer(asyncio.Protocol):
     """Reads one request head, then becomes the protocol that serves it."""
+
+    __slots__ = ("server", "buffer", "transport", "head_timer")
 
     def __init__(self, server: NativeServer) -> None:
         self.server = server
@@ -174,8 +215,9 @@ class _Sniffer(asyncio.Protocol):
     def _to_websocket(self, request: Request) -> None:
         server = self.server
         handed = [request]  # picows keeps the factory for the connection's life: not the request
-        protocol = server.ws_protocol(lambda upgrade: _WSHandler(server, handed.pop()))
+        protocol = server.ws_protocol(lambda upgrade: NativeWSTransport(server, handed.pop()))
         transport = self.transport
+        transport.set_protocol(_RELEASED)  # drops uvloop's hold on self.data_received
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         data = bytes(self.buffer)
@@ -213,32 +255,31 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
 
 
 # -- SSE ------------------------------------------------------------------------
-class NativeSSETransport(SSEHeartbeat):
-    """An SSE response delimited by connection close: batches go to the socket as queued."""
+class _SSEStream(SSEHeartbeat, WakesWriter, asyncio.Protocol):
+    """An SSE response delimited by connection close: the socket's protocol, and
+    its connection's transport (one object: batches go to the socket as queued)."""
 
-    __slots__ = ("socket",)
+    __slots__ = ("server", "request", "transport", "conn", "gone")
     port = "native"
 
-    def __init__(self, socket: asyncio.Transport) -> None:
-        self.socket = socket
-
-    def write(self, data: bytes) -> None:
-        self.socket.write(data)
-
-    def buffered(self) -> int:
-        return self.socket.get_write_buffer_size()
-
-    def close(self, code: int, reason: str) -> None:
-        self.socket.close()
-
-
-class _SSEStream(WakesWriter, asyncio.Protocol):
     def __init__(self, server: NativeServer, request: Request, transport) -> None:
         self.server = server
-        self.request = request
+        self.request: Request | None = request
         self.transport = transport
         self.conn: Connection | None = None
         self.gone = False
+
+    # -- the connection's transport --
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    def close(self, code: int, reason: str) -> None:
+        self.transport.close()
+
+    # -- the socket's protocol --
 
     def start(self) -> None:
         asyncio.ensure_future(self._open())
@@ -257,9 +298,8 @@ class _SSEStream(WakesWriter, asyncio.Protocol):
     async def _open_stream(self) -> None:
         hub = self.server.hub
         cors = self.server.cors.response_headers(self.request.headers)
-        sse = NativeSSETransport(self.transport)
         conn, opening = await hub.streams.open_sse(
-            self.request, lambda principal: hub.core.connection(wire.SSE, principal, sse))
+            self.request, lambda principal: hub.core.connection(wire.SSE, principal, self))
         self.request = None
         if self.gone:
             if conn is not None:
@@ -274,8 +314,9 @@ class _SSEStream(WakesWriter, asyncio.Protocol):
         self.transport.write(SSE_HEAD[:-2] + head_lines(cors) + b"\r\n" + opening)
         conn.flush()
 
-    def data_received(self, data: bytes) -> None:
-        pass  # nothing more is expected from an SSE client
+    # Nothing more is expected from an SSE client. A plain function: uvloop
+    # keeps what ``data_received`` gives, and a bound method is 64 B of each stream.
+    data_received = staticmethod(lambda data: None)
 
     def connection_lost(self, exc) -> None:
         self.gone = True
@@ -300,18 +341,28 @@ def text_frame_header(length: int) -> bytes:
     return b"\x81\x7f" + length.to_bytes(8, "big")
 
 
-class NativeWSTransport:
-    """A picows connection; data frames are framed here and written to the socket."""
+class NativeWSTransport(WakesWriter, WSListener):
+    """A picows connection: its listener (frames in) and its connection's
+    transport (frames out, framed here and written to the socket). One object
+    for both, as every idle connection has one of each."""
 
-    __slots__ = ("ws", "socket", "heard", "awaiting_pong")
+    __slots__ = ("server", "request", "conn", "session", "ws", "socket", "heard", "awaiting_pong",
+                 "fragments", "fragments_size", "fragments_text")
     port = "native"
 
-    def __init__(self, ws) -> None:
-        self.ws = ws
-        self.socket = ws.underlying_transport
+    def __init__(self, server: NativeServer, request: Request) -> None:
+        self.server = server
+        self.request: Request | None = request  # until the session has it
+        self.conn: Connection | None = None
+        self.session: WSSession | None = None
+        self.ws = self.socket = None  # picows' transport and the socket's, once connected
         self.heard = True  # a frame came from the peer since the last heartbeat round
         self.awaiting_pong = False
+        self.fragments: list[bytes] | None = None  # a fragmented message being received
+        self.fragments_size = 0
+        self.fragments_text = False
 
+    # -- the connection's transport --
     def write(self, data: bytes) -> None:
         # Framed here and written to the socket's transport directly: the
         # shared frame bytes go out as they are, and this avoids picows'
@@ -329,7 +380,7 @@ class NativeWSTransport:
 
     def close(self, code: int, reason: str) -> None:
         self.ws.send_close(code, reason.encode()[:120])
-        # Let the peer answer the close (its reply disconnects, see _WSHandler):
+        # Let the peer answer the close (its reply disconnects, see on_ws_frame):
         # cutting the socket now could reset it before it reads our close frame.
         asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.ws.disconnect)
 
@@ -345,26 +396,17 @@ class NativeWSTransport:
         self.heard = False
         return None
 
-
-class _WSHandler(WakesWriter, WSListener):
-    __slots__ = ("server", "request", "conn", "session", "fragments", "fragments_size", "fragments_text")
-
-    def __init__(self, server: NativeServer, request: Request) -> None:
-        self.server = server
-        self.request = request
-        self.conn: Connection | None = None
-        self.session: WSSession | None = None
-        self.fragments: list[bytes] | None = None  # a fragmented message being received
-        self.fragments_size = 0
-        self.fragments_text = False
-
+    # -- picows' listener --
     def on_ws_connected(self, transport) -> None:
+        forget_handshake(transport)  # the 101 is written: picows is done with both
         hub = self.server.hub
         if hub.core.draining:
             transport.send_close(CLOSE_SHUTDOWN)
             transport.disconnect()
             return
-        self.conn = hub.core.connection(wire.WS, ANONYMOUS, NativeWSTransport(transport))
+        self.ws = transport
+        self.socket = transport.underlying_transport
+        self.conn = hub.core.connection(wire.WS, ANONYMOUS, self)
         self.session = WSSession(hub.streams, self.conn, self.request)
         self.request = None
         asyncio.ensure_future(self.session.open())
@@ -374,9 +416,8 @@ class _WSHandler(WakesWriter, WSListener):
         if session is None:
             return
         kind = frame.msg_type
-        transport = self.conn.transport
-        transport.heard = True  # any frame, a pong included, shows the peer alive
-        transport.awaiting_pong = False
+        self.heard = True  # any frame, a pong included, shows the peer alive
+        self.awaiting_pong = False
         if kind == WSMsgType.CLOSE:
             ws.send_close(frame.get_close_code())
             ws.disconnect()
