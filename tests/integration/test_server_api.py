@@ -84,7 +84,9 @@ async def test_disconnect_closes_every_connection_of_the_user_on_both_ports(hub)
         for sse in (sse_asgi, sse_native):
             assert await sse_ends_after(sse, "disconnect") == {"code": 4411, "reason": "banned ✋"}
         answer = await asyncio.wait_for(poll, 5)
-        assert answer.status_code == 410 and answer.json()["reason"] == "banned ✋"
+        assert answer.status_code == 410
+        assert answer.json() == {"code": 410, "reason": "banned ✋",
+                                 "disconnect": {"code": 4411, "reason": "banned ✋"}}
         # Another user's connection is untouched.
         await bystander.send(json.dumps({"op": "subscribe", "topic": "public.still", "id": "s"}))
         assert (await ws_next(bystander, "ack"))["id"] == "s"

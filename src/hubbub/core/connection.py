@@ -90,8 +90,8 @@ class Transport(Protocol):
 
 class Connection:
     __slots__ = ("fmt", "principal", "transport", "id", "outbox", "subscriptions", "control",
-                 "state", "scheduled", "wrote", "close_code", "close_reason", "schedule", "on_closed",
-                 "__weakref__")
+                 "state", "scheduled", "wrote", "close_code", "close_reason", "disconnect_code",
+                 "schedule", "on_closed", "__weakref__")
 
     def __init__(self, fmt: int, principal: Principal, transport: Transport, outbox: "Outbox",
                  schedule: Callable[["Connection"], None],
@@ -114,6 +114,9 @@ class Connection:
         self.wrote = True
         self.close_code: int | None = None
         self.close_reason = ""
+        # The server API's close code when it disconnected this connection (a
+        # poll is closed 410 and tells its client this code in the answer).
+        self.disconnect_code: int | None = None
 
     @property
     def port(self) -> str:

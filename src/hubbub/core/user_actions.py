@@ -43,7 +43,8 @@ class UserActions:
         """Close every live connection of ``user`` on this node (the server API's
         disconnect); returns how many. WS gets close ``code`` with ``reason``;
         SSE gets ``event: disconnect`` first, then its stream ends; a waiting
-        poll is answered 410 (``wire.POLL_DISCONNECTED``)."""
+        poll is answered 410 (``wire.POLL_DISCONNECTED``) with ``disconnect``
+        ``{code, reason}``, what the SSE event carries."""
         conns = self.registry.of_user(user)
         if not conns:
             return 0
@@ -53,6 +54,7 @@ class UserActions:
             if conn.closed:
                 continue
             if conn.fmt == wire.POLL:
+                conn.disconnect_code = code
                 conn.close(wire.POLL_DISCONNECTED, reason)
             else:
                 frame = wire.disconnect_frame(conn.fmt, code, reason)

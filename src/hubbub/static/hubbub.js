@@ -172,7 +172,6 @@ var hubbub = (function () {
   // Whether a link that ended with `info` was ended by the hub for good: a
   // server-side disconnect (WS close code, SSE `disconnect` event, poll 410).
   function endsClient(info) {
-    if (info.disconnected) return true;
     return typeof info.code === "number" && info.code >= 4000 && info.code <= 4999 &&
       info.code !== 4401 && RECONNECT_CODES.indexOf(info.code) < 0;
   }
@@ -983,13 +982,18 @@ var hubbub = (function () {
           return response.json().catch(function () { return {}; }).then(function (answer) {
             if (!response.ok) {
               var expired = response.status === 401 && answer.reason === TOKEN_EXPIRED;
-              // 410: the server API disconnected the user while this poll waited.
-              var disconnected = response.status === 410;
-              if (!self.probe && !expired && !disconnected) {
+              // 410: the server API disconnected the user while this poll
+              // waited; `disconnect` has its close code, under the same rule
+              // as a WS close or SSE's `disconnect` event (4408 comes back).
+              var disconnect = response.status === 410 && answer.disconnect;
+              if (disconnect) {
+                self.fail({code: disconnect.code, reason: disconnect.reason});
+                return;
+              }
+              if (!self.probe && !expired) {
                 client._emit("error", {code: response.status, reason: answer.reason});
               }
-              self.fail({code: response.status === 401 ? 4401 : response.status, reason: answer.reason,
-                         disconnected: disconnected});
+              self.fail({code: response.status === 401 ? 4401 : response.status, reason: answer.reason});
               return;
             }
             if (self.done) return;

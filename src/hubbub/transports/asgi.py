@@ -15,10 +15,10 @@ import orjson
 
 from .. import wire
 from ..auth import ANONYMOUS, Request
-from ..core.connection import CLOSE_AUTH, CLOSE_SHUTDOWN
+from ..core.connection import CLOSE_AUTH, CLOSE_SHUTDOWN, Connection
 from ..core.history import Gap
 from ..endpoints.operations import STREAM_PATH
-from ..endpoints.responses import Response, error_response
+from ..endpoints.responses import Response, error_body, error_response
 from ..errors import HubError, Unauthorized
 from .asgi_http import (body_reader, logging_send, request_of, route_path, send_response,
                         start_message, watch_disconnect)
@@ -174,7 +174,7 @@ class HubApp:
                     async with asyncio.timeout(timeout):
                         await answer.done
             if conn.close_code == wire.POLL_DISCONNECTED:  # POST /disconnect, while it waited
-                return error_response(HubError(wire.POLL_DISCONNECTED, conn.close_reason or "disconnected"))
+                return poll_disconnected(conn)
             if conn.close_code == CLOSE_AUTH:  # its token expired while it waited (SPEC 10)
                 return error_response(Unauthorized(conn.close_reason))
             # Every answer tells a user its unread count: a poll client is not
@@ -250,6 +250,16 @@ def _poll_timeout(request: Request) -> float:
     if not 0 <= value <= POLL_MAX_TIMEOUT:
         raise HubError(400, f"timeout must be between 0 and {POLL_MAX_TIMEOUT:g} seconds")
     return value
+
+
+def poll_disconnected(conn: Connection) -> Response:
+    """410 for a poll the server API disconnected while it waited, with the
+    operator's ``{code, reason}`` as SSE's ``disconnect`` event has them, so a
+    poll client follows the same rule (4408 comes back, others stay away)."""
+    reason = conn.close_reason or "disconnected"
+    body = error_body(wire.POLL_DISCONNECTED, reason)
+    body["disconnect"] = {"code": conn.disconnect_code, "reason": conn.close_reason}
+    return wire.POLL_DISCONNECTED, body, []
 
 
 def _poll_body(envelopes: bytes, last_id: str | None, dropped: int = 0,
