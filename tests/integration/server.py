@@ -137,6 +137,19 @@ class HubProcess:
         return response.json()["ids"]
 
 
+def stop_all(procs: list[HubProcess]) -> None:
+    """A fixture's teardown: stop every hub it started, even after one fails to
+    stop (the first failure is raised once all were tried)."""
+    failure: Exception | None = None
+    for proc in procs:
+        try:
+            proc.stop()
+        except Exception as error:  # noqa: BLE001 - raised below, after the others
+            failure = failure or error
+    if failure is not None:
+        raise failure
+
+
 def _port_open(port: int) -> bool:
     with contextlib.closing(socket.socket()) as s:
         s.settimeout(0.5)

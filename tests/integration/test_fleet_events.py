@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from .helpers_user import KEY, SECURED_ENV, bearer, postgres_schema, ws_next, ws_quiet
-from .server import HubProcess, ws_connect
+from .server import HubProcess, stop_all, ws_connect
 from .tokens import token
 
 PRESENCE_TTL = 3.0  # a killed node's users leave within it
@@ -43,11 +43,7 @@ def fleet(tmp_path, shared):
         return procs
 
     yield start
-    for proc in started:
-        try:
-            proc.stop()
-        except Exception:
-            pass
+    stop_all(started)
 
 
 def room() -> str:

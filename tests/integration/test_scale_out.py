@@ -20,7 +20,7 @@ import pytest
 import redis
 
 
-from .server import HubProcess, ws_connect
+from .server import HubProcess, stop_all, ws_connect
 
 PRESENCE_TTL = 3  # seconds: a dead node leaves the fleet's heartbeats within it
 
@@ -42,11 +42,7 @@ def nodes(tmp_path):
             return list(pool.map(lambda proc: proc.start(tmp_path), procs))
 
     yield start
-    for proc in started:
-        try:
-            proc.stop()
-        except Exception:
-            pass
+    stop_all(started)
 
 
 # -- helpers -------------------------------------------------------------------

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from .helpers_user import KEY, SECURED_ENV
-from .server import HubProcess, ws_connect
+from .server import HubProcess, stop_all, ws_connect
 from .test_scale_out import assert_in_id_order_once, read, subscribe
 from .test_server_api import closed_with
 from .tokens import token
@@ -40,11 +40,7 @@ def serve(tmp_path):
         return proc.start(tmp_path)
 
     yield start
-    for proc in started:
-        try:
-            proc.stop()
-        except Exception:
-            pass
+    stop_all(started)
 
 
 def broker_processes(proc: HubProcess) -> list[psutil.Process]:
