@@ -234,6 +234,41 @@ async def test_a_stalled_broker_turns_unhealthy_and_what_it_missed_is_never_deli
         await a.broker.stop()
 
 
+async def test_presence_changes_a_stalled_broker_missed_are_sent_again(local_broker):
+    """A worker's presence changes made while the broker does not answer (its
+    requests time out, or are refused once it counts as stalled) reach the
+    broker once it answers again: no user stays present for ever, or leaves
+    while still connected."""
+    broker_proc = local_broker()
+    a = await Worker(broker_proc.path, timeout=TIMEOUT).start()
+    b = await Worker(broker_proc.path, timeout=TIMEOUT).start()
+    try:
+        await a.broker.presence_update("room", "alice", None, 1)
+        await a.broker.presence_update("room", "bob", None, 1)
+        broker_proc.proc.send_signal(signal.SIGSTOP)
+        # While stalled: alice's last connection closes, carol arrives.
+        assert await a.broker.presence_update("room", "alice", None, -1) is None
+        await wait_until(lambda: not a.broker.healthy, timeout=TIMEOUT * 3 / 4 + SLACK, what="unhealthy")
+        assert await a.broker.presence_update("room", "carol", {"c": 1}, 1) is None  # refused at once
+        broker_proc.proc.send_signal(signal.SIGCONT)
+        await wait_until(lambda: a.broker.healthy, timeout=TIMEOUT + SLACK, what="healthy again")
+
+        async def listed() -> dict:
+            return await b.broker.presence_list("room")
+
+        deadline = time.monotonic() + TIMEOUT + SLACK
+        while set(await listed()) != {"bob", "carol"}:
+            assert time.monotonic() < deadline, await listed()
+            await asyncio.sleep(0.05)
+        assert (await listed())["carol"] == {"info": {"c": 1}, "connections": 1}
+        # And the other worker heard what changed, as it would have at the time.
+        assert ["leave", "room", "alice", None] in b.events
+        assert ["join", "room", "carol", {"c": 1}] in b.events
+    finally:
+        await a.broker.stop()
+        await b.broker.stop()
+
+
 async def test_a_dead_broker_makes_publishes_503_at_once_and_is_reported(local_broker):
     broker_proc = local_broker()
     a = await Worker(broker_proc.path, timeout=TIMEOUT).start()

@@ -10,6 +10,7 @@ Each test owns its redis-server, so the command counts it reads are its own.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -149,5 +150,22 @@ async def test_a_gap_in_the_subscription_is_filled_from_the_stream_in_order(redi
         assert [seq for _, seq, _ in node.received] == list(range(silent, silent + 21))
         assert [p for _, _, p in node.received] == [b"silent"] + [b"loud %d" % i for i in range(20)]
         assert loud[0][1] == silent + 1 and node.gaps == []
+    finally:
+        await node.broker.stop()
+
+
+async def test_a_caller_out_of_time_is_refused_alone_not_with_its_batch(redis_server):
+    """A publish whose deadline is too near to send (less than timeout/2 left)
+    is answered 503 by itself; the batch it would have joined keeps the other
+    callers' deadlines and publishes."""
+    node = await warmed(await Node(redis_server.url, PREFIX, timeout=2.0).start())
+    try:
+        hurried = asyncio.ensure_future(node.broker.publish(b"hurried", deadline=time.monotonic() + 0.5))
+        patient = asyncio.ensure_future(node.broker.publish(b"patient"))
+        with pytest.raises(BackplaneUnavailable):
+            await hurried
+        epoch, seq = await patient
+        await wait_until(lambda: len(node.received) >= 1, what="the patient publication")
+        assert [p for _, _, p in node.received] == [b"patient"]
     finally:
         await node.broker.stop()

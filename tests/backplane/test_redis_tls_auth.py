@@ -24,10 +24,13 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture
-def tls_redis(tmp_path):
+@pytest.fixture(params=["server-cert", "client-cert"])
+def tls_redis(tmp_path, request):
     """A redis-server of the test's own speaking only TLS, with a password;
-    its certificate (self-signed, for 127.0.0.1) is the CA the URL names."""
+    its certificate (self-signed, for 127.0.0.1) is the CA the URL names.
+    ``client-cert``: it also requires a client certificate (the same one),
+    which the URL names with ``ssl_certfile``/``ssl_keyfile``."""
+    clients_auth = request.param == "client-cert"
     if shutil.which("redis-server") is None or shutil.which("openssl") is None:
         _unavailable("redis-server and openssl are needed for the TLS backplane test")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -38,9 +41,11 @@ def tls_redis(tmp_path):
     process = subprocess.Popen(
         ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
          "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
-         "--tls-auth-clients", "no", "--requirepass", PASSWORD, "--save", "", "--appendonly", "no"],
+         "--tls-auth-clients", "yes" if clients_auth else "no", "--requirepass", PASSWORD, "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(cert), password=PASSWORD)
+    client_files = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)} if clients_auth else {}
+    client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(cert), password=PASSWORD,
+                         **client_files)
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -52,7 +57,8 @@ def tls_redis(tmp_path):
                 process.wait()
                 _unavailable("redis-server did not start with TLS (built without TLS support?)")
             time.sleep(0.05)
-    yield f"127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    query = "".join(f"&{name}={value}" for name, value in client_files.items())
+    yield f"127.0.0.1:{port}/0?ssl_ca_certs={cert}{query}"
     process.kill()
     process.wait()
 

@@ -175,8 +175,9 @@ One setting, ``timeout`` (HUBBUB_BACKPLANE_TIMEOUT, default 2 s), bounds it:
 - Subscription: read in batches (``redis_subscription.py``): everything a
   socket read brought is parsed by hiredis and delivered in that read's
   callback, so a burst is fanned out in one loop turn and each subscriber
-  written once for it; there is no queue in the node (while a gap is
-  filled from the stream, reading pauses). A node that cannot keep up leaves
+  written once for it. Nothing queues in the node beyond one read's
+  messages (held while a gap is filled from the stream, with reading
+  paused). A node that cannot keep up leaves
   the backlog in its socket and then in Redis's output buffer for the
   connection; past Redis's ``client-output-buffer-limit pubsub`` Redis
   disconnects it, the node reconnects and catches up from the stream in

@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from .base import (BackplaneUnavailable, Broker, OnEpochChange, OnEvent, OnGap, OnPublication,
-                   Reservation, stream_length_for)
+from .base import (BackplaneUnavailable, Broker, NodePresence, OnEpochChange, OnEvent, OnGap,
+                   OnPublication, Reservation, stream_length_for)
 from .local_protocol import (BROADCAST, CLAIM, COUNTS, DELIVER, EVENT, GAP, HELLO, ITEM, LATE, LIST,
                              PING, PRESENCE, PUBLISH, PUBLISH_HEAD, RELEASE, REPLY, RESERVATION_GONE,
                              SEQ, TOPICS, Reader, entries, message)
@@ -43,6 +43,11 @@ class LocalBroker(Broker):
         # worker is at most this old for this one's.
         self.counts_every = min(presence_ttl / 3, 5.0)
         self._counts_sent: dict[str, int] = {}
+        # This worker's presence, kept here too: a change the broker may have
+        # missed (no answer in time) is sent again, as an absolute count, once
+        # it answers (see _watch), so its counts never drift.
+        self._presence = NodePresence()
+        self._presence_unsent: set[tuple[str, str]] = set()
         self._transport: asyncio.Transport | None = None
         self._closed: asyncio.Future | None = None
         self._reader = Reader()
@@ -192,16 +197,16 @@ class LocalBroker(Broker):
 
     def _send_now(self) -> None:
         self._flush = None
-        if self._out and self._connected:
-            self._transport.write(b"".join(self._out))
-        self._out = []
+        out, self._out = self._out, []
+        if out and self._connected and not self._transport.is_closing():
+            self._transport.write(b"".join(out))
 
     async def _call(self, kind: int, body: bytes, deadline: float, parse=None,
                     probe: bool = False) -> Any:
         """Send one request and wait for its reply until ``deadline``; 503 if none.
         Refused at once while the broker is gone or stalled (a ``probe`` still goes:
         it is how a stall is seen to end)."""
-        if not self._connected or not (self._answering or probe):
+        if not self._connected or self._stopping or not (self._answering or probe):
             raise BackplaneUnavailable(f"backplane unavailable: {self._why()}")
         self._next_request = request = self._next_request % 0xFFFFFFFF + 1  # 0 is the broker's
         future = self._loop.create_future()
@@ -216,6 +221,8 @@ class LocalBroker(Broker):
                                        f" in time ({self.timeout:g} s)") from None
 
     def _why(self) -> str:
+        if self._stopping:
+            return "the hub is stopping"
         if not self._connected:
             return "the local broker is gone"
         return "the local broker does not answer"
@@ -287,13 +294,33 @@ class LocalBroker(Broker):
                               delta: int) -> tuple[str, Any] | None:
         """The user's first / last connection on the machine: ``("join"|"leave", info)``
         (the other workers hear it as an event), else None. Never raises: while the
-        broker does not answer, the change is announced to nobody (None)."""
+        broker does not answer, the change is announced to nobody here (None) and
+        sent again once it answers."""
+        entry = self._presence.update(topic, user, info, delta)
         try:
-            event = await self._call(PRESENCE, orjson.dumps([topic, user, info, delta]),
-                                     time.monotonic() + self.timeout, orjson.loads)
+            event = await self._send_presence(topic, user, entry)
         except BackplaneUnavailable:
+            self._presence_unsent.add((topic, user))
             return None
         return None if event is None else (event[0], event[1])
+
+    async def _send_presence(self, topic: str, user: str, entry: list | None) -> Any:
+        """This worker's count (and info) of the user on the topic, absolute: the
+        broker applies it as many times as it gets it with the same result."""
+        count, info = entry if entry is not None else (0, None)
+        self._presence_unsent.discard((topic, user))  # what is sent now supersedes it
+        return await self._call(PRESENCE, orjson.dumps([topic, user, info, count]),
+                                time.monotonic() + self.timeout, orjson.loads)
+
+    async def _resend_presence(self) -> None:
+        """The changes the broker may have missed, as they stand now."""
+        for topic, user in list(self._presence_unsent):
+            entry = self._presence.topics.get(topic, {}).get(user)
+            try:
+                await self._send_presence(topic, user, entry)
+            except BackplaneUnavailable:
+                self._presence_unsent.add((topic, user))
+                return
 
     async def presence_list(self, topic: str) -> dict[str, dict[str, Any]]:
         return await self._call(LIST, orjson.dumps(topic), time.monotonic() + self.timeout,
@@ -335,6 +362,8 @@ class LocalBroker(Broker):
             else:
                 self._answering = True
                 self._health_changed()
+                if self._presence_unsent:
+                    await self._resend_presence()
 
     def _health_changed(self, reason: str = "") -> None:
         healthy = self._connected and self._answering and not self._stopping

@@ -48,8 +48,11 @@ from .local_protocol import (BROADCAST, CLAIM, COUNTS, DELIVER, ENTRY, EVENT, GA
 log = logging.getLogger("hubbub.backplane")
 
 # Bytes a worker may leave unread before it stops getting frames (it is then
-# sent what it missed from the log once it has read them).
-LAG_LIMIT = 64 << 20
+# sent what it missed from the log, this much at a time, once it has read
+# them). Small, because the worker's replies and pongs queue behind the
+# frames: past its timeout/2 a reply would come after the worker answered
+# 503 for a publication the broker made. A backlog waits in the log instead.
+LAG_LIMIT = 1 << 20
 PARENT_CHECK = 0.5  # seconds between looks at whether the parent is still there
 READY_TIMEOUT = 10.0  # seconds ``hubbub serve`` waits for the broker to listen
 
@@ -82,11 +85,13 @@ class LocalBrokerServer:
         frame = message(DELIVER, 0, b"".join(self.pending)) if self.pending else None
         self.pending = []
         upto = self.seq
+        more = False
         for worker in self.workers:
             parts = []
-            if worker.catching_up:
+            if worker.catching_up and not worker.lagging:
                 parts += self.missed(worker)
-            if not worker.lagging:
+                more = more or worker.catching_up
+            if not worker.lagging and not worker.catching_up:
                 if frame is not None:
                     parts.append(frame)
                 worker.sent_upto = upto
@@ -96,6 +101,8 @@ class LocalBrokerServer:
             if parts:
                 worker.transport.write(b"".join(parts))
         self.flushed_seq = upto
+        if more:  # the rest of a catch-up, a turn at a time while the worker reads
+            self.schedule_flush()
 
     def kept_after(self, after: int, upto: int) -> tuple[int, list[bytes]]:
         """(gap, entries): the kept publications with after < seq <= upto, and the
@@ -107,18 +114,29 @@ class LocalBrokerServer:
 
     def missed(self, worker: "WorkerConnection") -> list[bytes]:
         """What a worker that read its backlog again missed meanwhile (up to the
-        frames already sent; this turn's follow in the turn's frame)."""
-        worker.catching_up = False
+        frames already sent), at most ``lag_limit`` bytes of it: the worker stays
+        ``catching_up`` until it has all (this turn's frame follows only then)."""
         gap, kept = self.kept_after(worker.sent_upto, self.flushed_seq)
         parts = [message(GAP, 0, SEQ.pack(gap))] if gap else []
-        if kept:
-            parts.append(message(DELIVER, 0, b"".join(kept)))
+        first = max(worker.sent_upto + 1, gap + 1)  # the seq of kept[0]
+        chunk, size = [], 0
+        for entry in kept:
+            if chunk and size + len(entry) > self.lag_limit:
+                break
+            chunk.append(entry)
+            size += len(entry)
+        if chunk:
+            parts.append(message(DELIVER, 0, b"".join(chunk)))
+        worker.sent_upto = max(worker.sent_upto, gap, first + len(chunk) - 1)
+        worker.catching_up = worker.sent_upto < self.flushed_seq
         return parts
 
     def tell_others(self, sender: "WorkerConnection | None", event: list) -> None:
         frame = message(EVENT, 0, orjson.dumps(event))
         for worker in self.workers:
-            if worker is not sender:
+            # Events are best effort (never kept or replayed): a worker that is
+            # not reading does not get them, so nothing piles up for it here.
+            if worker is not sender and not worker.lagging:
                 worker.out.append(frame)
         self.schedule_flush()
 
@@ -188,14 +206,16 @@ class LocalBrokerServer:
         return b""
 
     def presence_update(self, worker: "WorkerConnection", body: bytes) -> bytes:
-        """Count ``delta`` connections of a user at one worker; announce the user's
-        first connection on the machine (join) and the last one (leave)."""
-        topic, user, info, delta = orjson.loads(body)
+        """Set a user's connection count (and info) at one worker; announce the
+        user's first connection on the machine (join) and the last one (leave).
+
+        The count is absolute, not a delta, so a worker can send it again (after
+        a request whose reply it never got) without counting anything twice."""
+        topic, user, info, count = orjson.loads(body)
         holders = self.presence.setdefault(topic, {}).setdefault(user, {})
         before = sum(entry[0] for entry in holders.values())
         entry = holders.get(worker)
         old_info = entry[1] if entry else None
-        count = (entry[0] if entry else 0) + delta
         if count <= 0:
             holders.pop(worker, None)
             worker.present.discard((topic, user))
@@ -204,9 +224,7 @@ class LocalBrokerServer:
             holders[worker] = [count, info]
             worker.present.add((topic, user))
         else:
-            entry[0] = count
-            if delta > 0 and info is not None:  # the newest connection's info wins
-                entry[1] = info
+            entry[0], entry[1] = count, info  # the worker's info: its newest connection's
         after = sum(entry[0] for entry in holders.values())
         if before == 0 and after > 0:
             event = ["join", topic, user, info]
@@ -389,11 +407,15 @@ class LocalBrokerProcess:
         self.path = os.path.join(self.folder, "broker.sock")
         self.died: int | None = None  # its exit status, when it ended on its own
         self._stopping = False
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hubbub.backplane.local_server", self.path, str(history_size),
-             str(lag_limit)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self._wait_until_ready()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hubbub.backplane.local_server", self.path, str(history_size),
+                 str(lag_limit)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        except OSError:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+        self._wait_until_ready()  # it stops the broker (and removes the folder) if not ready
         self._watcher = threading.Thread(target=self._watch, name="hubbub-broker-watch", daemon=True)
         self._watcher.start()
 

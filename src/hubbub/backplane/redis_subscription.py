@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import hiredis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import SSLConnection, parse_url
 
 OnMessage = Callable[[bytes, bytes], None]  # (channel, data)
 
@@ -41,11 +41,11 @@ def _command(*args: bytes | str) -> bytes:
 
 
 def _tls_context(params: dict[str, Any]) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=params.get("ssl_ca_certs"))
-    if str(params.get("ssl_cert_reqs", "required")).lower() in ("none", "cert_none"):
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    """The TLS context redis-py makes for the command connections from the same
+    URL (every ``ssl_*`` option it takes: CA, client certificate, hostname
+    check...), so the subscription connects wherever the commands do."""
+    options = {name: value for name, value in params.items() if name.startswith("ssl_")}
+    return SSLConnection(**options).ssl_context.get()
 
 
 class SubscriptionProtocol(asyncio.Protocol):
