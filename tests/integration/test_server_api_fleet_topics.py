@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from .helpers_user import KEY, SECURED_ENV, SSEReader
-from .server import HubProcess, ws_connect
+from .server import HubProcess, stop_all, ws_connect
 from .tokens import token
 
 PRESENCE_TTL = 3  # seconds: snapshots every second, a dead node gone within 3 s
@@ -37,11 +37,7 @@ def two_nodes(tmp_path, shared):
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda proc: proc.start(tmp_path), procs))
     yield procs
-    for proc in procs:
-        try:
-            proc.stop()
-        except Exception:
-            pass
+    stop_all(procs)
 
 
 async def topics(hub: HubProcess, prefix: str) -> httpx.Response:
@@ -81,6 +77,10 @@ async def test_topics_counts_the_fleet_and_a_killed_nodes_counts_leave(two_nodes
             await until_topics(node, "public.ft.", fleet, timeout=10)
         await until_topics(a, "public.ft.x", {x: 3}, timeout=1)  # the prefix filters the fleet's too
         await until_topics(b, "public.nothing.", {}, timeout=1)
+        # A node's snapshot follows its changes: patterns come, counts change, patterns go.
+        async with ws_connect(b.url("native", f"/ws?token={jwt}&topic={y}&topic=public.ft.w", "ws")):
+            await until_topics(a, "public.ft.", {**fleet, y: 2, "public.ft.w": 1}, timeout=10)
+        await until_topics(a, "public.ft.", fleet, timeout=10)
 
         os.killpg(b.proc.pid, signal.SIGKILL)  # no goodbye: only its heartbeat runs out
         b.proc.wait(5)

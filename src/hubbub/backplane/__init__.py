@@ -87,12 +87,14 @@ Redis keys and channel (``prefix`` default ``hubbub:``)
   new joins are announced for it).
 - ``{prefix}topic-counts:{node}`` hash pattern -> that node's subscriber
   count (``GET /topics``), written by the node's presence refresher every
-  min(PRESENCE_TTL/3, 5 s): rewritten (in one MULTI) when its counts changed
-  since the last write, else only PEXPIREd; PEXPIRE 2 x PRESENCE_TTL. A
-  listing (TOPIC_COUNTS, one script) sums the live nodes' hashes but its own,
-  to which the node adds its current counts: other nodes' counts are at most
-  one refresh period old, a dead node's leave with its heartbeat (within
-  PRESENCE_TTL).
+  min(PRESENCE_TTL/3, 5 s): the patterns whose count changed since the last
+  write are written (HSET/HDEL in one MULTI), the whole hash only when Redis
+  lost it; PEXPIRE 2 x PRESENCE_TTL. A listing reads the live nodes
+  (LIVE_NODES) and then each one's hash but its own with HSCAN (MATCH the
+  prefix, 1,000 fields a step), adding this node's current counts: no long
+  command or script holds up publishes, however many patterns the fleet
+  has. Other nodes' counts are at most one refresh period old; a dead
+  node's leave with its heartbeat (within PRESENCE_TTL).
 - channel ``{prefix}events``: fleet events, ``{node}\n{JSON array}``; a node
   skips those it sent itself. A second channel rather than markers on the
   publications channel: the publication path (hot) stays one format with no

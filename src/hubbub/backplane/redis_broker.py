@@ -134,29 +134,12 @@ end
 return out
 """
 
-# The subscriber counts of every other live node (each node's snapshot, a
-# hash pattern -> count written by its presence refresher), as one flat list
-# pattern, count, pattern, count... of the patterns starting with ARGV[3]; a
-# pattern held on two nodes appears twice. Dead nodes' snapshots are skipped
-# (they expire by themselves), so a killed node's counts leave within PRESENCE_TTL.
-# KEYS: nodes zset. ARGV: snapshot key prefix, this node, pattern prefix.
-TOPIC_COUNTS = """
+# The nodes whose heartbeat has not run out, by Redis's clock (GET /topics
+# reads their count snapshots, one command at a time outside any script).
+# KEYS: nodes zset.
+LIVE_NODES = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local out = {}
-local n = #ARGV[3]
-for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
-  if node ~= ARGV[2] then
-    local h = redis.call('HGETALL', ARGV[1] .. node)
-    for i = 1, #h, 2 do
-      if n == 0 or string.sub(h[i], 1, n) == ARGV[3] then
-        out[#out + 1] = h[i]
-        out[#out + 1] = h[i + 1]
-      end
-    end
-  end
-end
-return out
+return redis.call('ZRANGEBYSCORE', KEYS[1], tonumber(t[1]) + tonumber(t[2]) / 1000000, '+inf')
 """
 
 # Write this node's count of (topic, user), then count the user's connections
@@ -299,6 +282,11 @@ async def answered_by(awaitable, deadline: float) -> Any:
         in_background(task)
         raise TimeoutError
     return task.result()
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def masked(url: str) -> str:
@@ -1004,9 +992,11 @@ class RedisBroker(Broker):
     # Each node keeps a snapshot of its counts in Redis, {prefix}topic-counts:{node}
     # (hash pattern -> count), rewritten by the presence refresher when they
     # changed and otherwise only extended: other nodes' counts are at most one
-    # refresh period old, min(PRESENCE_TTL/3, 5 s). A listing adds this node's
-    # own current counts to the live nodes' snapshots (TOPIC_COUNTS).
-    _topic_counts_script = None
+    # refresh period old, min(PRESENCE_TTL/3, 5 s). A change writes only the
+    # patterns that changed. A listing adds this node's own current counts to
+    # the other live nodes' snapshots, read with HSCAN a thousand fields at a
+    # time: never one long command or script that would hold up publishes.
+    _live_nodes_script = None
     _counts_written: dict[str, int] | None = None  # the snapshot Redis holds, as last written
 
     def _topic_counts_key(self, node: str = "") -> str:
@@ -1015,15 +1005,25 @@ class RedisBroker(Broker):
     async def _write_topic_counts(self) -> None:
         counts = self._count_topics("")
         key = self._topic_counts_key(self.node)
-        if counts == self._counts_written:
-            # Unchanged: extend it. Gone (Redis lost its data, or it expired
-            # while this node was cut off): write it again.
-            if not counts or await self._redis.pexpire(key, self._presence_ttl_ms):
-                return
+        written = self._counts_written
+        # Still there? (Gone: Redis lost its data, or it expired while this
+        # node was cut off; then it is written again, whole.)
+        kept = bool(written) and await self._redis.pexpire(key, self._presence_ttl_ms)
+        if counts == written and (kept or not counts):
+            return
         pipe = self._redis.pipeline(transaction=True)  # readers never see it half written
-        pipe.delete(key)
+        if kept:  # only what changed
+            gone = [pattern for pattern in written if pattern not in counts]
+            changed = {p: n for p, n in counts.items() if written.get(p) != n}
+            if gone:
+                pipe.hdel(key, *gone)
+            if changed:
+                pipe.hset(key, mapping=changed)
+        else:
+            pipe.delete(key)
+            if counts:
+                pipe.hset(key, mapping=counts)
         if counts:
-            pipe.hset(key, mapping=counts)
             pipe.pexpire(key, self._presence_ttl_ms)
         self._counts_written = None  # unknown until the write is answered
         await pipe.execute()
@@ -1035,16 +1035,19 @@ class RedisBroker(Broker):
         if not self.healthy:
             raise BackplaneUnavailable("backplane unavailable: Redis is unreachable,"
                                        " the fleet's counts cannot be read")
-        if self._topic_counts_script is None:
-            self._topic_counts_script = self._redis.register_script(TOPIC_COUNTS)
+        if self._live_nodes_script is None:
+            self._live_nodes_script = self._redis.register_script(LIVE_NODES)
+        counts = dict(self._count_topics(prefix))
+        match = _glob_escape(prefix) + "*"
         try:
             async with asyncio.timeout(self.timeout):
-                flat = await self._topic_counts_script(
-                    keys=[self._nodes_key], args=[self._topic_counts_key(), self.node, prefix])
+                for node in await self._live_nodes_script(keys=[self._nodes_key]):
+                    if node == self._node_b:
+                        continue  # this node's own are counted as they are now
+                    key = self._topic_counts_key(node.decode())
+                    async for pattern, count in self._redis.hscan_iter(key, match=match, count=1000):
+                        pattern = pattern.decode()
+                        counts[pattern] = counts.get(pattern, 0) + int(count)
         except _UNREACHABLE as error:
             raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
-        counts = dict(self._count_topics(prefix))
-        for i in range(0, len(flat), 2):
-            pattern = flat[i].decode()
-            counts[pattern] = counts.get(pattern, 0) + int(flat[i + 1])
         return counts
