@@ -6,8 +6,9 @@
 Clients are picows WebSockets (also for Socket.IO, speaking Engine.IO v4) or
 raw asyncio sockets for SSE. Every message carries `"seq":` (counted in the
 raw bytes, whatever the envelope) and `"t0":` (publish time, ns); `--sample`
-clients also read every `t0` for the latency figures. Prints `ready` once all
-clients are connected, then one JSON line with the results.
+clients, spread evenly over the connection order, also read every `t0` for
+the latency figures. Prints `ready` once all clients are connected, then one
+JSON line with the results.
 """
 from __future__ import annotations
 
@@ -119,10 +120,19 @@ def source_address(index: int) -> tuple[str, int] | None:
     return None if block == 0 else (f"127.0.0.{1 + block}", 0)
 
 
+def is_sampled(index: int, clients: int, sample: int) -> bool:
+    """Whether client ``index`` reads every stamp: ``sample`` clients spread evenly
+    over the connection order. (The first ``sample`` would be the subscribers a
+    server that writes in subscription order always writes first: their
+    latency is the best of each round, not a fair sample of it.)"""
+    step = max(1, clients // max(1, sample))
+    return index % step == 0 and index // step < sample
+
+
 async def connect_one(args, stats: Stats, index: int) -> object:
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
-    sample = index < args.sample
+    sample = is_sampled(index, args.clients, args.sample)
     local_addr = source_address(index)
     if args.protocol == "sse":
         url = urlsplit(args.url)
