@@ -118,6 +118,26 @@ async def test_a_worker_that_starts_late_gets_the_newest_kept_publications_first
         await a.broker.stop()
 
 
+async def test_the_log_is_bounded_by_bytes_too(local_broker):
+    """Large publications: the log keeps as many of the newest as fit in its
+    byte bound (64 KiB here), and a late worker hears the gap before them."""
+    path = local_broker(log_bytes=64 << 10).path
+    a = await Worker(path).start()
+    try:
+        for i in range(100):
+            await a.broker.publish(b"%04d" % i + b"." * 2044)  # ~2 KiB each, with its header
+        late = await Worker(path).start(backfill=100)
+        try:
+            kept = late.seqs()
+            assert kept == list(range(kept[0], 101)) and 25 <= len(kept) <= 32, kept
+            assert late.gaps == [kept[0] - 1]
+            assert [p[:4] for _, _, p in late.received] == [b"%04d" % (s - 1) for s in kept]
+        finally:
+            await late.broker.stop()
+    finally:
+        await a.broker.stop()
+
+
 async def test_backfill_past_what_the_log_keeps_reports_the_gap(local_broker):
     path = local_broker(history_size=10).path  # the log keeps max(10 x 10, 10,000)
     a = await Worker(path).start()

@@ -43,6 +43,12 @@ def serve(tmp_path):
     stop_all(started)
 
 
+def socket_folder(broker: psutil.Process) -> Path:
+    """The private folder of a broker's socket: ``-m hubbub.backplane.local_server SOCKET ...``."""
+    cmdline = broker.cmdline()
+    return Path(cmdline[cmdline.index("hubbub.backplane.local_server") + 1]).parent
+
+
 def broker_processes(proc: HubProcess) -> list[psutil.Process]:
     return [p for p in psutil.Process(proc.proc.pid).children(recursive=True)
             if "hubbub.backplane.local_server" in " ".join(p.cmdline())]
@@ -209,7 +215,7 @@ async def test_the_server_apis_disconnect_reaches_the_users_connections_on_both_
 async def test_sigterm_drains_and_leaves_nothing_running(serve):
     proc = serve()
     (broker,) = broker_processes(proc)
-    folder = Path(broker.cmdline()[-3]).parent
+    folder = socket_folder(broker)
     assert folder.is_dir() and oct(folder.stat().st_mode & 0o777) == "0o700"
     async with ws_connect(proc.url("asgi", "/ws?topic=d.t", "ws")) as ws:
         proc.publish({"topic": "d.t", "data": "before"})
@@ -245,7 +251,7 @@ async def test_a_killed_serve_takes_its_broker_and_the_socket_with_it(serve):
     proc = serve()
     (broker,) = broker_processes(proc)
     workers = [p for p in psutil.Process(proc.proc.pid).children() if p.pid != broker.pid]
-    folder = Path(broker.cmdline()[-3]).parent
+    folder = socket_folder(broker)
     try:
         proc.proc.kill()  # SIGKILL: serve cleans nothing up itself
         proc.proc.wait(5)

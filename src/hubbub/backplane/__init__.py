@@ -233,7 +233,8 @@ HUBBUB_LOCAL_BROKER; each worker's ``LocalBroker`` (``local``) connects to
 it. The broker holds what Redis holds for a fleet, in one event loop (so
 each request is one atomic step, as a script is): the epoch (new per run),
 the seq, a log of the newest ``stream_length_for(HISTORY_SIZE)`` kept
-publications (backfill at a worker's start, catch-up of a lagging one),
+publications, at most 256 MiB of them (backfill at a worker's start,
+catch-up of a lagging one, 1 MiB at a time),
 the Idempotency-Keys with their TTLs, and presence per worker. The wire
 format is in ``local_protocol``: length-prefixed messages, binary on the
 publication path, JSON for the rest.

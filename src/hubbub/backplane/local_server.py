@@ -4,7 +4,7 @@
 (``LocalBrokerProcess``) and hands its Unix socket to the workers
 (HUBBUB_LOCAL_BROKER); each worker's ``LocalBroker`` connects to it. It
 holds what Redis holds for a fleet: the epoch, the seq, the log of kept
-publications (``stream_length_for``), the Idempotency-Keys, and every
+publications (``stream_length_for``, at most ``LOG_BYTES``), the Idempotency-Keys, and every
 worker's presence; it numbers every publication and sends it to every
 worker in seq order. One event loop, so everything it does is one atomic
 step, as a Redis script is.
@@ -13,9 +13,10 @@ Batched both ways: whatever it numbered in one loop turn goes out as one
 DELIVER frame, built once and written to every worker with that worker's
 replies in one write. A worker that does not read (its socket buffer holds
 more than ``LAG_LIMIT``) stops getting frames; once it has read them it is
-sent what it missed from the log, or a GAP when the log no longer holds it.
+sent what it missed from the log, ``LAG_LIMIT`` at a time, or a GAP when the
+log no longer holds it.
 
-Run as ``python -m hubbub.backplane.local_server SOCKET HISTORY_SIZE [LAG_LIMIT]``. It
+Run as ``python -m hubbub.backplane.local_server SOCKET HISTORY_SIZE [LAG_LIMIT [LOG_BYTES]]``. It
 prints ``ready`` once it listens, ignores SIGINT and SIGTERM (a signal to
 the whole process group must not take it away from workers still draining)
 and exits when its standard input closes (``hubbub serve`` closes it after
@@ -53,16 +54,24 @@ log = logging.getLogger("hubbub.backplane")
 # frames: past its timeout/2 a reply would come after the worker answered
 # 503 for a publication the broker made. A backlog waits in the log instead.
 LAG_LIMIT = 1 << 20
+# The log keeps the newest stream_length_for(HISTORY_SIZE) publications (as
+# Redis's stream does), and at most this many bytes of them: it lives in a
+# process on the application's machine, and 10,000 publications of 64 KiB
+# would be 640 MiB. What it no longer holds is a gap for a worker that needs it.
+LOG_BYTES = 256 << 20
 PARENT_CHECK = 0.5  # seconds between looks at whether the parent is still there
 READY_TIMEOUT = 10.0  # seconds ``hubbub serve`` waits for the broker to listen
 
 
 class LocalBrokerServer:
-    def __init__(self, history_size: int, lag_limit: int = LAG_LIMIT) -> None:
+    def __init__(self, history_size: int, lag_limit: int = LAG_LIMIT, log_bytes: int = LOG_BYTES) -> None:
         self.lag_limit = lag_limit
         self.epoch = os.urandom(4).hex()  # a new id space per run: older ids get history_gap
         self.seq = 0
-        self.log: deque[bytes] = deque(maxlen=stream_length_for(history_size))  # ENTRY + payload
+        self.log: deque[bytes] = deque()  # ENTRY + payload, the newest kept publications
+        self.log_entries = stream_length_for(history_size)  # at most this many
+        self.log_bytes = log_bytes  # and this many bytes (the newest is always kept)
+        self._logged_bytes = 0
         self.keys = ExpiringKeys()
         # topic -> user -> {worker: [connections, info]}
         self.presence: dict[str, dict[str, dict[WorkerConnection, list]]] = {}
@@ -183,7 +192,10 @@ class LocalBrokerServer:
                 entry = ENTRY.pack(self.seq, length) + payload
                 pending.append(entry)
                 logged.append(entry)
+                self._logged_bytes += len(entry)
                 seqs.append(self.seq)
+        while len(logged) > self.log_entries or (self._logged_bytes > self.log_bytes and len(logged) > 1):
+            self._logged_bytes -= len(logged.popleft())
         if reservation is not None:
             self.keys.set(reservation[0], [f"{self.epoch}-{s}" if s else None for s in seqs],
                           reservation[2])
@@ -355,9 +367,10 @@ class WorkerConnection(asyncio.Protocol):
         self.server.gone(self)  # a second time after an EOF: nothing left to do
 
 
-async def serve(path: str, history_size: int, lag_limit: int = LAG_LIMIT) -> None:
+async def serve(path: str, history_size: int, lag_limit: int = LAG_LIMIT,
+                log_bytes: int = LOG_BYTES) -> None:
     loop = asyncio.get_running_loop()
-    broker = LocalBrokerServer(history_size, lag_limit)
+    broker = LocalBrokerServer(history_size, lag_limit, log_bytes)
     server = await loop.create_unix_server(lambda: WorkerConnection(broker), path)
     stopped = loop.create_future()
 
@@ -382,8 +395,8 @@ async def serve(path: str, history_size: int, lag_limit: int = LAG_LIMIT) -> Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    path, history_size, *lag_limit = (argv if argv is not None else sys.argv[1:])
-    args = (path, int(history_size), *(int(n) for n in lag_limit))
+    path, history_size, *limits = (argv if argv is not None else sys.argv[1:])  # lag, log bytes
+    args = (path, int(history_size), *(int(n) for n in limits))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -400,7 +413,8 @@ class LocalBrokerProcess:
     /readyz 503 and publishes 503 meanwhile) and exits 1.
     """
 
-    def __init__(self, history_size: int, on_death=None, lag_limit: int = LAG_LIMIT) -> None:
+    def __init__(self, history_size: int, on_death=None, lag_limit: int = LAG_LIMIT,
+                 log_bytes: int = LOG_BYTES) -> None:
         # What to do if it dies on its own: by default stop this process (SIGTERM).
         self.on_death = on_death or (lambda status: os.kill(os.getpid(), signal.SIGTERM))
         self.folder = tempfile.mkdtemp(prefix="hubbub-broker-")  # private: mode 0700
@@ -410,7 +424,7 @@ class LocalBrokerProcess:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "hubbub.backplane.local_server", self.path, str(history_size),
-                 str(lag_limit)],
+                 str(lag_limit), str(log_bytes)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         except OSError:
             shutil.rmtree(self.folder, ignore_errors=True)
