@@ -2,16 +2,29 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import HubError
+
+log = logging.getLogger("hubbub.backplane")
 
 OnPublication = Callable[[int | None, bytes], None]  # (seq, or None when ephemeral; payload)
 OnEpochChange = Callable[[str], None]  # the new epoch
 OnGap = Callable[[int], None]  # every publication with seq <= this that was not delivered never will be
 OnEvent = Callable[[list], None]  # a fleet event another node sent (``broadcast``, presence)
 TopicCounter = Callable[[str], dict[str, int]]  # prefix -> {pattern: this node's subscribers}
+
+
+def call_hub(callback: Callable[..., None], *args: Any) -> None:
+    """Hand the hub what a broker read (``on_publication``, ``on_gap``,
+    ``on_epoch_change``): a bug in the hub is logged, and never stops the
+    broker's reading, so the other publications still get delivered."""
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("backplane: %s failed (%r)", getattr(callback, "__name__", callback), args[0])
 
 
 @dataclasses.dataclass(frozen=True)

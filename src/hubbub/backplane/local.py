@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from .base import (BackplaneUnavailable, Broker, NodePresence, OnEpochChange, OnEvent, OnGap,
-                   OnPublication, Reservation, stream_length_for)
+                   OnPublication, Reservation, call_hub, stream_length_for)
 from .local_protocol import (BROADCAST, CLAIM, COUNTS, DELIVER, EVENT, GAP, HELLO, ITEM, LATE, LIST,
                              PING, PRESENCE, PUBLISH, PUBLISH_HEAD, RELEASE, REPLY, RESERVATION_GONE,
                              SEQ, TOPICS, Reader, entries, message)
@@ -171,15 +171,12 @@ class LocalBroker(Broker):
                 if seq <= self._last:  # already had it (never, but never twice either)
                     continue
                 self._last = seq
-            try:
-                on_publication(seq or None, payload)
-            except Exception:  # a bug in the hub must not stop delivery for the others
-                log.exception("on_publication failed for seq %s", seq)
+            call_hub(on_publication, seq or None, payload)
 
     def _gap(self, upto: int) -> None:
         self._last = max(self._last, upto)
         if self._on_gap is not None:
-            self._on_gap(upto)
+            call_hub(self._on_gap, upto)
 
     def _event(self, body: bytes) -> None:
         if self._on_event is None:

@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .base import (BackplaneUnavailable, Broker, NodePresence, OnEpochChange, OnEvent, OnGap,
-                   OnPublication, Reservation, stream_length_for)
+                   OnPublication, Reservation, call_hub, stream_length_for)
 from .redis_subscription import SubscriptionProtocol, open_subscription
 
 log = logging.getLogger("hubbub.backplane")
@@ -752,28 +752,19 @@ class RedisBroker(Broker):
             raise BackplaneUnavailable(f"backplane unavailable: {error}") from None
 
     def _deliver(self, seq: int | None, payload: bytes) -> None:
-        try:
-            self._on_publication(seq, payload)
-        except Exception:  # a bug in the hub must not stop delivery for the others
-            log.exception("on_publication failed for seq %s", seq)
+        call_hub(self._on_publication, seq, payload)
 
     def _adopt(self, epoch: str) -> None:
         log.warning("backplane epoch changed %s -> %s: Redis lost its data", self.epoch, epoch)
         self.epoch, self._epoch_b = epoch, epoch.encode()
         self._last = 0
         if self._on_epoch_change is not None:
-            try:
-                self._on_epoch_change(epoch)
-            except Exception:  # as in _deliver: a bug in the hub must not stop the subscription
-                log.exception("on_epoch_change failed for epoch %s", epoch)
+            call_hub(self._on_epoch_change, epoch)
 
     def _gap(self, upto: int) -> None:
         self._last = upto
         if self._on_gap is not None:
-            try:
-                self._on_gap(upto)
-            except Exception:  # as in _deliver
-                log.exception("on_gap failed up to seq %s", upto)
+            call_hub(self._on_gap, upto)
 
     # -- idempotency ----------------------------------------------------------
     def _idempotency_key(self, key: str) -> str:
