@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from .helpers_user import KEY, SECURED_ENV, SSEReader, ws_next
-from .server import HubProcess, ws_connect
+from .server import HubProcess, stop_all, ws_connect
 from .test_server_api import closed_with, sse_ends_after, wait_for_connections
 from .tokens import token
 
@@ -26,11 +26,7 @@ def two_nodes(tmp_path, shared):
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda proc: proc.start(tmp_path), procs))
     yield procs
-    for proc in procs:
-        try:
-            proc.stop()
-        except Exception:
-            pass
+    stop_all(procs)
 
 
 async def test_disconnect_on_one_node_closes_the_users_connections_on_every_node(two_nodes):
