@@ -212,10 +212,13 @@ async def test_resume_with_an_id_this_node_has_not_delivered_yet_is_not_a_reset(
     a, b = nodes(*shared, count=2)
     # An id from "the future" of the same fleet: b has delivered nothing past it yet only
     # if it is slow; the resume waits for it (or takes it as covered), never resets.
+    # The id reaches b while the handshake waits for it (as SSE's answer does).
     (first,) = await publish_many(a.base, [{"topic": "fu.t", "data": 0}])
     ahead = f"{first.rpartition('-')[0]}-{seq(first) + 1}"
-    async with ws_connect(b.url("native", f"/ws?topic=fu.t&since={ahead}", "ws")) as ws:
-        await publish_many(a.base, [{"topic": "fu.t", "data": 1}, {"topic": "fu.t", "data": 2}])
+    connecting = asyncio.ensure_future(ws_connect(b.url("native", f"/ws?topic=fu.t&since={ahead}", "ws")))
+    await asyncio.sleep(0.2)
+    await publish_many(a.base, [{"topic": "fu.t", "data": 1}, {"topic": "fu.t", "data": 2}])
+    async with await connecting as ws:
         got = await read(ws, 1)
     assert got[0]["op"] == "message" and got[0]["data"] == 2  # after the id it resumed from
 

@@ -24,7 +24,7 @@ from .asgi_http import (body_reader, logging_send, request_of, route_path, send_
                         start_message, watch_disconnect)
 from .asgi_streams import ASGISSE, ASGIWebSocket, PollAnswer, TextCache, run_sender
 from .streams import resume_point
-from .ws_session import WSSession
+from .ws_session import WSSession, check_handshake
 
 if TYPE_CHECKING:
     from . import Served
@@ -198,13 +198,17 @@ class HubApp:
         if hub.core.draining:
             await send({"type": "websocket.close", "code": CLOSE_SHUTDOWN})
             return
-        await send({"type": "websocket.accept"})
+        handshake = await check_handshake(hub.streams, request)
         ws = ASGIWebSocket(send, hub.config.liveness_period, self.text_of)
         conn = ws.conn = hub.core.connection(wire.WS, ANONYMOUS, ws)
         session = WSSession(hub.streams, conn, request)
-        sender = asyncio.ensure_future(run_sender(ws))
+        # Subscribed before the accept is sent (what it owes waits in its
+        # outbox for the sender): a client that has its 101 misses nothing.
+        session.open(handshake)
+        sender = None
         try:
-            await session.open()
+            await send({"type": "websocket.accept"})
+            sender = asyncio.ensure_future(run_sender(ws))
             while not conn.closed:
                 ws.receiving = asyncio.ensure_future(receive())
                 try:
@@ -222,7 +226,8 @@ class HubApp:
                     ws.peer_gone()
         finally:
             conn.close(CLOSE_SHUTDOWN)  # no-op unless still open (cancelled)
-            await sender
+            if sender is not None:
+                await sender
             session.lost(CLOSE_SHUTDOWN)
 
 

@@ -41,7 +41,7 @@ from ..endpoints.health import PATHS as HEALTH_PATHS
 from ..endpoints.responses import Response, encode, error_body
 from ..logutil import RateLimitFilter
 from .streams import SSEHeartbeat, WakesWriter
-from .ws_session import WSSession
+from .ws_session import WSSession, check_handshake
 
 if TYPE_CHECKING:
     from . import Served
@@ -213,15 +213,39 @@ class _Sniffer(asyncio.Protocol):
             self._reply(404, f"no such endpoint {url.path} on the fast port")
 
     def _to_websocket(self, request: Request) -> None:
-        server = self.server
-        handed = [request]  # picows keeps the factory for the connection's life: not the request
-        protocol = server.ws_protocol(lambda upgrade: NativeWSTransport(server, handed.pop()))
+        # The handshake's checks may wait (an auth hook): the 101 waits with
+        # them, and the socket is not read meanwhile (the client sends no
+        # frame before its 101 anyway).
+        self.transport.pause_reading()
+        asyncio.ensure_future(self._upgrade(request))
+
+    async def _upgrade(self, request: Request) -> None:
+        try:
+            server = self.server
+            handshake = await check_handshake(server.hub.streams, request)
+            if self.transport.is_closing():  # the client left while it was checked
+                return
+            listener = NativeWSTransport(server, request)
+            self._hand_to_picows(listener)  # picows writes the 101 and calls on_ws_connected
+            if listener.session is not None:
+                # The same callback as the 101: subscribed before any
+                # publication can be delivered to a client that has its 101.
+                listener.session.open(handshake)
+        except Exception:
+            log.exception("upgrading to a WebSocket failed")
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _hand_to_picows(self, listener: "NativeWSTransport") -> None:
+        handed = [listener]  # picows keeps the factory for the connection's life: not the listener
+        protocol = self.server.ws_protocol(lambda upgrade: handed.pop())
         transport = self.transport
         transport.set_protocol(_RELEASED)  # drops uvloop's hold on self.data_received
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         data = bytes(self.buffer)
         self.buffer = self.head_timer = self.transport = None  # the sniffer's part is over
+        transport.resume_reading()
         while data:
             buf = protocol.get_buffer(len(data))
             n = min(len(buf), len(data))
@@ -407,9 +431,8 @@ class NativeWSTransport(WakesWriter, WSListener):
         self.ws = transport
         self.socket = transport.underlying_transport
         self.conn = hub.core.connection(wire.WS, ANONYMOUS, self)
-        self.session = WSSession(hub.streams, self.conn, self.request)
+        self.session = WSSession(hub.streams, self.conn, self.request)  # opened by _Sniffer._upgrade
         self.request = None
-        asyncio.ensure_future(self.session.open())
 
     def on_ws_frame(self, ws, frame) -> None:
         session = self.session

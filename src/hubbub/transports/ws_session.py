@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -33,6 +33,43 @@ AUTH_TIMEOUT = 5.0
 # seconds, as a multiple of the burst, before the connection is closed 1008.
 ABUSE_WINDOW = 10.0
 ABUSE_BURSTS = 2
+
+
+class Refusal(NamedTuple):
+    """A handshake refused after the transport accepted it (SPEC 6 closes
+    with a code): the session sends it once the 101 is out."""
+    error: HubError
+    close_code: int
+    explain: bool  # an error frame goes before the close
+
+
+async def check_handshake(streams: "Streams", request: Request) -> "Principal | Refusal | None":
+    """A WebSocket handshake's checks, the ones that may wait (an auth hook; a
+    ``since`` id that another node gave out, until it arrives here), run
+    before the transport answers 101 so that ``WSSession.open`` need not wait.
+
+    Returns the principal, None when the handshake brought no credentials
+    (an auth frame must follow), or the Refusal to send. Never raises."""
+    core = streams.core
+    try:
+        core.admit(request.client)
+    except HubError as error:
+        return Refusal(error, CLOSE_TRY_LATER, True)
+    try:  # a repeated single-valued parameter refuses the handshake: error 400, close 1008
+        refuse_repeated(request)
+    except HubError as error:
+        return Refusal(error, CLOSE_POLICY, True)
+    try:
+        principal = await streams.auth.principal(request)
+        since = request.first("since")
+        if since:  # an id another node gave out: let it arrive here
+            await core.recovery.caught_up(since)
+    except HubError as error:
+        return Refusal(error, CLOSE_AUTH, False)
+    except Exception:
+        log.exception("checking a WebSocket handshake failed")
+        return Refusal(HubError(500, "internal error"), CLOSE_INTERNAL, False)
+    return principal
 
 
 class WSSession:
@@ -63,45 +100,29 @@ class WSSession:
             self._abuse = AbuseCounter(int(ABUSE_BURSTS * self.publish_bucket.burst), ABUSE_WINDOW)
         return self._abuse
 
-    async def open(self) -> None:
-        """After the transport accepted: authenticate or wait for an auth frame.
+    def open(self, handshake: "Principal | Refusal | None") -> None:
+        """The transport has answered 101: act on ``check_handshake``'s outcome.
 
-        Whatever goes wrong in here, the connection is closed (and so detached):
-        a native transport runs this as a task nobody awaits."""
+        Synchronous, and called in the same loop callback as the 101 is
+        written (before an ASGI accept is sent): a client that has seen its
+        101 is already subscribed to its query's topics, so a publication
+        made the moment the handshake completes reaches it."""
+        conn = self.conn
         try:
-            await self._open()
+            if isinstance(handshake, Refusal):
+                if handshake.explain:
+                    conn.send_control(wire.ws_error(handshake.error.code, handshake.error.reason))
+                conn.close(handshake.close_code, handshake.error.reason)
+            elif handshake is None:
+                # No credentials in the handshake: the first frame must be
+                # {"op": "auth"} within AUTH_TIMEOUT seconds.
+                loop = asyncio.get_running_loop()
+                self._auth_timer = loop.call_later(AUTH_TIMEOUT, self._auth_timed_out)
+            else:
+                self._authenticated(handshake)
         except Exception:
             log.exception("opening a WebSocket session failed")
-            self.conn.close(CLOSE_INTERNAL, "internal error")
-
-    async def _open(self) -> None:
-        core = self.streams.core
-        try:
-            core.admit(self.request.client)
-        except HubError as error:
-            self.conn.send_control(wire.ws_error(error.code, error.reason))
-            self.conn.close(CLOSE_TRY_LATER, error.reason)
-            return
-        try:  # a repeated single-valued parameter refuses the handshake: error 400, close 1008
-            refuse_repeated(self.request)
-        except HubError as error:
-            self.conn.send_control(wire.ws_error(error.code, error.reason))
-            self.conn.close(CLOSE_POLICY, error.reason)
-            return
-        try:
-            principal = await self.streams.auth.principal(self.request)
-        except HubError as error:
-            self.conn.close(CLOSE_AUTH, error.reason)
-            return
-        if self.request.first("since"):  # an id another node gave out: let it arrive here
-            await core.recovery.caught_up(self.request.first("since"))
-        if principal is None:
-            # No credentials in the handshake: the first frame must be
-            # {"op": "auth"} within AUTH_TIMEOUT seconds.
-            loop = asyncio.get_running_loop()
-            self._auth_timer = loop.call_later(AUTH_TIMEOUT, self._auth_timed_out)
-            return
-        self._authenticated(principal)
+            conn.close(CLOSE_INTERNAL, "internal error")
 
     def _auth_timed_out(self) -> None:
         if not self.authenticated:

@@ -1,0 +1,85 @@
+"""A listen-only WebSocket client is subscribed by the time it has its 101.
+
+SPEC 6 lets a client that only listens subscribe with ``topic=`` in the URL
+and send nothing: the completed handshake is its only sign that it is
+subscribed, so a publication made right after it must reach it. The hub
+subscribes before it answers, even when the handshake's checks wait (an
+application's auth hook); here the hook is slow on purpose, which made the
+window between the 101 and the subscription wide when the hub answered first.
+Both ports: the native listener and the ASGI app under a real server (uvicorn
+in this process, so the test can publish the moment the client connects).
+"""
+import asyncio
+import contextlib
+import socket
+
+import pytest
+import uvicorn
+import websockets
+
+from hubbub import Config, Hub, HubError, Principal
+
+from .server import ws_connect, ws_messages
+
+HOOK_DELAY = 0.3
+
+
+async def slow_authenticate(request) -> Principal:
+    await asyncio.sleep(HOOK_DELAY)  # an application asking its session store
+    if request.cookie("session") == "bad":
+        raise HubError(401, "unknown session")
+    return Principal(user="alice", subscribe=("news.>",), publish=())
+
+
+@contextlib.asynccontextmanager
+async def asgi_server(hub: Hub):
+    """The hub's ASGI app under uvicorn on a loopback socket, on this loop."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(hub.asgi(), log_level="warning", lifespan="off"))
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(10):
+            await task
+        sock.close()
+
+
+@contextlib.asynccontextmanager
+async def ws_port(kind: str, tmp_path):
+    hub = Hub(Config(dev=True, data_dir=str(tmp_path)), authenticate=slow_authenticate)
+    await hub.start()
+    try:
+        if kind == "native":
+            yield hub, (await hub.listen()).port
+        else:
+            async with asgi_server(hub) as port:
+                yield hub, port
+    finally:
+        await hub.stop()
+
+
+@pytest.mark.parametrize("kind", ["native", "asgi"])
+async def test_a_publication_right_after_the_handshake_reaches_a_query_subscriber(kind, tmp_path):
+    async with ws_port(kind, tmp_path) as (hub, port):
+        for round_ in range(3):
+            async with ws_connect(f"ws://127.0.0.1:{port}/ws?topic=news.{round_}") as ws:
+                await hub.publish(f"news.{round_}", round_)  # no pause after the 101
+                [message] = await ws_messages(ws, 1)
+                assert message["topic"] == f"news.{round_}" and message["data"] == round_
+
+
+@pytest.mark.parametrize("kind", ["native", "asgi"])
+async def test_a_refused_handshake_still_closes_4401_after_the_101(kind, tmp_path):
+    async with ws_port(kind, tmp_path) as (hub, port):
+        async with ws_connect(f"ws://127.0.0.1:{port}/ws?topic=news.x",
+                              additional_headers={"Cookie": "session=bad"}) as ws:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                async with asyncio.timeout(5):
+                    await ws.recv()
+        assert closed.value.rcvd.code == 4401 and closed.value.rcvd.reason == "unknown session"
