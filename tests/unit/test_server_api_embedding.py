@@ -74,3 +74,39 @@ async def test_history_pages_and_resets():
         hub.history("public.h", limit=0)
     with pytest.raises(HubError):
         hub.history("public.*")
+
+
+async def test_topic_counts_follow_every_way_a_subscription_ends():
+    """The registry keeps the counts as connections subscribe and leave; at
+    every step they equal a walk of the live connections' subscriptions."""
+    import random
+
+    rng = random.Random(20)
+    hub = Hub(Config(dev=True))
+    core = hub.core
+    patterns = ["public.a", "public.a.*", "public.a.>", "public.b.c", "public.b.*"]
+    live = []
+
+    def walked() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for conn in core.connections.values():
+            for pattern in conn.subscriptions:
+                counts[pattern] = counts.get(pattern, 0) + 1
+        return counts
+
+    for step in range(400):
+        action = rng.random()
+        if action < 0.3 or not live:
+            live.append(connect(hub, f"u{rng.randrange(5)}", rng.choice((WS, SSE)), *rng.sample(patterns, 2))[0])
+        elif action < 0.55:  # a subscribe, or a re-subscribe with a filter (no new holder)
+            hub.subscribe(rng.choice(live), rng.choice(patterns), {"k": "v"} if rng.random() < 0.5 else None)
+        elif action < 0.75:
+            core.unsubscribe(rng.choice(live), rng.choice(patterns))
+        elif action < 0.85:
+            await hub.unsubscribe_user(f"u{rng.randrange(5)}", rng.choice(patterns))
+        else:
+            conn = live.pop(rng.randrange(len(live)))
+            conn.close(4000, "bye") if rng.random() < 0.5 else conn.lost()
+        assert core.registry.pattern_counts == walked(), step
+    assert await hub.topics() == walked() and await hub.topics("public.b.") == {
+        p: n for p, n in walked().items() if p.startswith("public.b.")}

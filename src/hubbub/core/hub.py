@@ -122,6 +122,7 @@ class HubCore:
             return
         for pattern, sub in conn.subscriptions.items():
             self.trie.unsubscribe(pattern, sub)
+            self.registry.unsubscribed(pattern)
             for hook in self.on_unsubscribed:
                 hook(conn, pattern)
         conn.subscriptions.clear()
@@ -164,6 +165,8 @@ class HubCore:
             raise HubError(429, f"at most {limit} subscriptions per connection")
         if old is not None:
             self.trie.unsubscribe(pattern, old)
+        else:
+            self.registry.subscribed(pattern)
         sub = Subscription(conn.outbox, conn.fmt, pattern, tag_filter)
         self.trie.subscribe(pattern, sub)
         conn.subscriptions[pattern] = sub
@@ -177,6 +180,7 @@ class HubCore:
         if sub is None:
             return False
         self.trie.unsubscribe(pattern, sub)
+        self.registry.unsubscribed(pattern)
         for hook in self.on_unsubscribed:
             hook(conn, pattern)
         return True

@@ -1,6 +1,8 @@
 """Every live connection of a hub, and each user's: the per-user caps and the
 index that lets per-user events (the inbox's) reach every tab of a user
-without it subscribing to anything."""
+without it subscribing to anything; and how many connections hold each
+subscribed pattern (``GET /topics``), kept as they subscribe and leave so
+that reading it never walks every connection."""
 from __future__ import annotations
 
 from collections import Counter
@@ -19,6 +21,20 @@ class Registry:
         self.connections: dict[str, Connection] = {}
         self.users: Counter[str] = Counter()  # user -> live connections
         self.user_conns: dict[str, set[Connection]] = {}
+        self.pattern_counts: dict[str, int] = {}  # pattern -> connections subscribed to it
+
+    def subscribed(self, pattern: str) -> None:
+        """A connection took ``pattern`` (not a re-subscribe of one it had)."""
+        counts = self.pattern_counts
+        counts[pattern] = counts.get(pattern, 0) + 1
+
+    def unsubscribed(self, pattern: str) -> None:
+        counts = self.pattern_counts
+        left = counts[pattern] - 1
+        if left:
+            counts[pattern] = left
+        else:
+            del counts[pattern]
 
     def add(self, conn: "Connection") -> None:
         """Register ``conn``; HubError 429 past MAX_CONNECTIONS_PER_USER."""

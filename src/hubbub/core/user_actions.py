@@ -88,10 +88,9 @@ class UserActions:
 
     def topic_counts(self, prefix: str = "") -> dict[str, int]:
         """Subscribed patterns of this node's live connections starting with
-        ``prefix``, each with how many connections hold it."""
-        counts: dict[str, int] = {}
-        for conn in self.registry.connections.values():
-            for pattern in conn.subscriptions:
-                if pattern.startswith(prefix):
-                    counts[pattern] = counts.get(pattern, 0) + 1
-        return counts
+        ``prefix``, each with how many connections hold it (the registry's
+        running counts: one entry a pattern, not a walk of the connections)."""
+        counts = self.registry.pattern_counts
+        if not prefix:
+            return dict(counts)
+        return {pattern: n for pattern, n in counts.items() if pattern.startswith(prefix)}
