@@ -16,6 +16,10 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 MODULES = ["_trie", "_ring", "_fanout"]
+# Compiled against the installed picows' picows.pxd (a build requirement), for
+# idle memory only: a build that cannot make it leaves it out alone, and the
+# fast port then keeps picows' own write buffer (ext/hubbub/_picows_buffer.pyx).
+OPTIONAL = "_picows_buffer"
 FALLBACK_WARNING = (
     "hubbub: the compiled core could not be built ({error}); installing the pure-Python core "
     "instead (same behaviour, slower). Install a C compiler (gcc) and reinstall for the fast path.")
@@ -36,6 +40,16 @@ class OptionalBuildExt(build_ext):
         except Exception as error:  # the compiler is missing or refused the code
             self._fall_back(error)
 
+    def build_extension(self, ext):
+        if not ext.name.endswith(OPTIONAL):
+            return super().build_extension(ext)
+        try:
+            return super().build_extension(ext)
+        except Exception as error:
+            self.extensions.remove(ext)  # the last one: the loop over them ends here
+            print(f"hubbub: {OPTIONAL} was not built ({str(error).strip()[:200]}); the fast port keeps "
+                  "picows' own 1 KiB write buffer per connection", file=sys.stderr)
+
     def _fall_back(self, error):
         self.extensions = []
         self.distribution.ext_modules = []
@@ -51,20 +65,38 @@ def extensions():
     debug = os.environ.get("HUBBUB_DEBUG_BUILD") == "1"
     compile_args = ["-O3"] if debug else ["-O3", "-g0"]
     link_args = [] if debug else ["-s"]
-    return cythonize(
+    directives = {
+        "language_level": 3,
+        "boundscheck": False,
+        "wraparound": False,
+        "cdivision": True,
+        "initializedcheck": False,
+        "embedsignature": True,
+    }
+    modules = cythonize(
         [Extension(f"hubbub.{name}", [f"ext/hubbub/{name}.pyx"],
                    extra_compile_args=compile_args, extra_link_args=link_args)
          for name in MODULES],
-        include_path=["ext"],
-        compiler_directives={
-            "language_level": 3,
-            "boundscheck": False,
-            "wraparound": False,
-            "cdivision": True,
-            "initializedcheck": False,
-            "embedsignature": True,
-        },
-    )
+        include_path=["ext"], compiler_directives=directives)
+    return modules + picows_buffer(compile_args, link_args, directives)
+
+
+def picows_buffer(compile_args, link_args, directives):
+    """The optional module, or nothing when picows (its .pxd) is not importable."""
+    try:
+        import picows
+        from Cython.Build import cythonize
+
+        return cythonize(
+            [Extension(f"hubbub.{OPTIONAL}", [f"ext/hubbub/{OPTIONAL}.pyx"],
+                       define_macros=[("HUBBUB_PICOWS_VERSION", f'"{picows.__version__}"')],
+                       extra_compile_args=compile_args, extra_link_args=link_args)],
+            include_path=["ext", os.path.dirname(os.path.dirname(picows.__file__))],
+            compiler_directives=directives)
+    except Exception as error:
+        print(f"hubbub: {OPTIONAL} is left out ({error}); the fast port keeps picows' own 1 KiB write "
+              "buffer per connection", file=sys.stderr)
+        return []
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -25,10 +25,16 @@ TOPIC = "idle.t"
 class Reader(WSListener):
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.pongs: list[bytes] = []
+        self.close: tuple[int, bytes] | None = None
 
     def on_ws_frame(self, transport, frame) -> None:
         if frame.msg_type == WSMsgType.TEXT:
             self.frames.append(frame.get_payload_as_bytes())
+        elif frame.msg_type == WSMsgType.PONG:
+            self.pongs.append(frame.get_payload_as_bytes())
+        elif frame.msg_type == WSMsgType.CLOSE:
+            self.close = (frame.get_close_code(), frame.get_close_message())
 
 
 class SSEReader(asyncio.Protocol):
@@ -93,6 +99,10 @@ async def scenario() -> None:
             request, response = conn.transport.ws.request, conn.transport.ws.response
             assert len(request.headers) == 0 and request.path == b""
             assert len(response.headers) == 0
+        if native.shrink_write_buffer is not None:  # and its 1 KiB write buffer is 64 bytes
+            from hubbub._picows_buffer import write_buffer_capacity
+
+            assert {write_buffer_capacity(c.transport.ws) for c in ws_conns} == {native.PICOWS_WRITE_BUFFER}
 
         # And they still work: a second publication reaches every client.
         await hub.publish(TOPIC, {"n": 2})
@@ -103,6 +113,17 @@ async def scenario() -> None:
         ws_clients[0][0].send(WSMsgType.TEXT, b'{"op":"ping","id":7}')
         await until(lambda: len(ws_clients[0][1].frames) == 3, "the pong")
         assert b'"pong"' in ws_clients[0][1].frames[2]
+        # picows' own frames through the small write buffer, which grows for
+        # the ones that need more: a protocol ping's pong (its payload echoed)
+        # and a close whose reason is longer than the 64 bytes it starts with.
+        transport, reader = ws_clients[1]
+        transport.send_ping(b"p" * 100)
+        await until(lambda: reader.pongs, "picows' pong")
+        assert reader.pongs == [b"p" * 100]
+        reason = "r" * 120
+        ws_conns[1].close(4000, reason)
+        await until(lambda: reader.close is not None, "picows' close frame")
+        assert reader.close == (4000, reason.encode())
     finally:
         for transport, _ in ws_clients:
             transport.disconnect()

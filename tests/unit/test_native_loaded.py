@@ -31,3 +31,16 @@ def test_the_pure_twin_mirrors_the_compiled_constants():
     for name in ("QUEUED", "WAKE", "OVERFLOW", "DROP_OLDEST", "DISCONNECT", "CRITICAL", "LANES"):
         assert getattr(_ring, name) == getattr(_ring_py, name), name
     assert _ring.CRITICAL == Priority.CRITICAL and _ring.LANES == len(Priority)
+
+
+@pytest.mark.skipif(os.environ.get("CI") != "true", reason="only CI insists on the compiled core")
+def test_ci_runs_the_small_picows_write_buffer():
+    """Built against the installed picows (a build requirement) and applied:
+    a build that left it out would only cost memory, so only this notices."""
+    import picows
+
+    from hubbub import _picows_buffer
+    from hubbub.transports import native
+
+    assert _picows_buffer.BUILT_FOR == picows.__version__
+    assert native.shrink_write_buffer is _picows_buffer.shrink_write_buffer

@@ -28,11 +28,13 @@ import logging
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
+import picows
 from multidict import CIMultiDict, CIMultiDictProxy  # picows' header type (one of its dependencies)
 from picows import WSAutoPingStrategy, WSListener, WSMsgType
 from picows.picows import WSProtocol
 
 from .. import wire
+from .._core import NATIVE
 from ..accesslog import log_access
 from ..auth import ANONYMOUS, Request
 from ..core.connection import CLOSE_INTERNAL, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_TOO_BIG, Connection
@@ -53,6 +55,26 @@ picows_log.addFilter(RateLimitFilter())  # and an ERROR per malformed frame, whi
 # Handed to picows as an adapter, not a Logger: given a Logger, picows builds
 # a child logger for every connection (about 2 KiB each, never freed).
 picows_logger = logging.LoggerAdapter(picows_log, {})
+
+
+def _write_buffer_shrinker():
+    """``shrink_write_buffer(transport, capacity)`` from the compiled core, or
+    None: without the compiled core, or where it was built against another
+    picows release than the one installed (its struct layout may differ)."""
+    if not NATIVE:
+        return None
+    try:
+        from .._picows_buffer import BUILT_FOR, shrink_write_buffer
+    except (ImportError, ValueError):  # not built; or Cython's check of picows' type size refused it
+        return None
+    return shrink_write_buffer if BUILT_FOR == picows.__version__ else None
+
+
+# picows' write buffer of an open connection: 64 bytes instead of its 1 KiB
+# (a header or a small frame of picows' own; it grows when one needs more).
+# None where the swap is unavailable: picows keeps its own.
+shrink_write_buffer = _write_buffer_shrinker()
+PICOWS_WRITE_BUFFER = 64
 
 MAX_HEAD_BYTES = 16 << 10
 MAX_HEADERS = 100
@@ -423,6 +445,8 @@ class NativeWSTransport(WakesWriter, WSListener):
     # -- picows' listener --
     def on_ws_connected(self, transport) -> None:
         forget_handshake(transport)  # the 101 is written: picows is done with both
+        if shrink_write_buffer is not None:
+            shrink_write_buffer(transport, PICOWS_WRITE_BUFFER)
         hub = self.server.hub
         if hub.core.draining:
             transport.send_close(CLOSE_SHUTDOWN)
