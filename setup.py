@@ -15,7 +15,7 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-MODULES = ["_trie", "_ring", "_fanout"]
+MODULES = ["_trie", "_ring", "_fanout", "_writer"]
 # Compiled against the installed picows' picows.pxd (a build requirement), for
 # idle memory only: a build that cannot make it leaves it out alone, and the
 # fast port then keeps picows' own write buffer (ext/hubbub/_picows_buffer.pyx).

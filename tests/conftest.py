@@ -6,7 +6,7 @@ import types
 import pytest
 import redis
 
-from hubbub import _fanout_py, _ring_py, _trie_py
+from hubbub import _fanout_py, _ring_py, _trie_py, _writer_py
 from tests.backplane.conftest import SHARED_URL, RedisServer, _unavailable
 
 
@@ -14,13 +14,13 @@ def _pure() -> types.SimpleNamespace:
     return types.SimpleNamespace(
         name="pure", Trie=_trie_py.Trie, Outbox=_ring_py.Outbox,
         Subscription=_fanout_py.Subscription, TagFilter=_fanout_py.TagFilter,
-        fanout=_fanout_py.fanout,
+        fanout=_fanout_py.fanout, writer=_writer_py,
     )
 
 
 def _native() -> types.SimpleNamespace | None:
     try:
-        from hubbub import _fanout, _ring, _trie
+        from hubbub import _fanout, _ring, _trie, _writer
     except ImportError:
         if os.environ.get("CI") == "true":
             raise  # a silent fallback to the pure core must fail CI
@@ -28,7 +28,7 @@ def _native() -> types.SimpleNamespace | None:
     return types.SimpleNamespace(
         name="native", Trie=_trie.Trie, Outbox=_ring.Outbox,
         Subscription=_fanout.Subscription, TagFilter=_fanout.TagFilter,
-        fanout=_fanout.fanout,
+        fanout=_fanout.fanout, writer=_writer,
     )
 
 

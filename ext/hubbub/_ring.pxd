@@ -44,6 +44,7 @@ cdef class Outbox:
     cdef object __weakref__
 
     cpdef int push(self, bytes frame, int priority, object key=*) except -1
+    cpdef bytes drain(self, Py_ssize_t max_messages=*, Py_ssize_t max_bytes=*)
     cdef bint _shed(self) except -1
     cdef void _release(self)
     cdef bytes _pop(self, int lane)

@@ -172,7 +172,8 @@ cdef class Outbox:
             return WAKE
         return QUEUED
 
-    def drain(self, Py_ssize_t max_messages=1 << 30, Py_ssize_t max_bytes=1 << 62):
+    # (Defaults as Py_ssize_t: a C int's 1 << 62 would overflow.)
+    cpdef bytes drain(self, Py_ssize_t max_messages=<Py_ssize_t>1 << 30, Py_ssize_t max_bytes=<Py_ssize_t>1 << 62):
         """Pop one batch (at least one frame when not empty) joined for one write."""
         cdef list parts = []
         cdef Py_ssize_t taken = 0, size, n = 0

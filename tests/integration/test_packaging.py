@@ -47,7 +47,7 @@ def test_the_wheel_is_manylinux_and_stripped_and_the_sdist_falls_back_without_a_
         assert "hubbub/py.typed" in names
         assert any(name.endswith("licenses/LICENSE") for name in names)
         objects = [name for name in names if name.endswith(".so")]
-        assert len(objects) == 4, objects  # _trie, _ring, _fanout and _picows_buffer
+        assert len(objects) == 5, objects  # _trie, _ring, _fanout, _writer and _picows_buffer
         archive.extractall(tmp_path / "unpacked", members=objects)
     for name in objects:
         sections = elf_sections(tmp_path / "unpacked" / name)

@@ -137,3 +137,137 @@ def test_fanout_twins_agree(case):
             seen.append((delivered, [index[id(b)] for b in woken], [index[id(b)] for b in overflowed],
                          drained, [(len(b), b.nbytes, b.dropped) for b in boxes]))
         assert seen[0] == seen[1]
+
+
+# -- the round writer ------------------------------------------------------------------
+class SocketSink:
+    """A registered transport's socket: records each write; may report a full
+    buffer, or find the peer gone on a write (the connection is lost then)."""
+
+    def __init__(self, buffered: int, lose_on_write: bool) -> None:
+        self.writes: list[bytes] = []
+        self.buffered = buffered
+        self.lose_on_write = lose_on_write
+        self.conn = None
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def write(self, data) -> None:
+        self.writes.append(bytes(data))
+        if self.lose_on_write:
+            self.conn.lost()
+
+    def writelines(self, parts) -> None:
+        self.write(b"".join(parts))
+
+
+class WSSocketTransport:
+    """Writes as transports/native.NativeWSTransport does (registered FRAME_WS_TEXT)."""
+
+    def __init__(self, sock: SocketSink) -> None:
+        self.socket = sock
+        self.closed_with = None
+
+    def write(self, data: bytes) -> None:
+        from hubbub.transports.native import COPY_BELOW, text_frame_header
+
+        if len(data) < COPY_BELOW:
+            self.socket.write(text_frame_header(len(data)) + data)
+        else:
+            self.socket.writelines((text_frame_header(len(data)), data))
+
+    def buffered(self) -> int:
+        return self.socket.get_write_buffer_size()
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+
+
+class RawSocketTransport(WSSocketTransport):
+    """Writes as transports/native._SSEStream does (registered FRAME_RAW)."""
+
+    def __init__(self, sock: SocketSink) -> None:
+        super().__init__(sock)
+        self.transport = sock
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class UnregisteredTransport(RawSocketTransport):
+    """Not registered (a subclass is not its parent): always Connection.flush."""
+
+
+for _writer in {PURE.writer, NATIVE.writer} if NATIVE else ():
+    _writer.register_socket_transport(WSSocketTransport, _writer.FRAME_WS_TEXT, "socket")
+    _writer.register_socket_transport(RawSocketTransport, _writer.FRAME_RAW, "transport")
+
+FRAME_SIZES = [5, 130, 20_000, 70_000]  # the three WS header sizes; above COPY_BELOW; two batches' worth
+
+
+@st.composite
+def writer_cases(draw):
+    specs = draw(st.lists(st.tuples(
+        st.sampled_from(["ws", "raw", "other"]),
+        st.sampled_from([3, 8, 1000]),  # max messages: small ones drop (a dropped notice is owed)
+    ), min_size=1, max_size=5))
+    rounds = draw(st.lists(st.tuples(
+        st.lists(st.tuples(
+            st.lists(st.tuples(st.integers(0, len(FRAME_SIZES) - 1), st.integers(0, 3)), max_size=9),
+            st.integers(0, 2),  # control frames owed
+            st.sampled_from([0, 0, 1 << 20]),  # socket buffer: room, or over the high-water mark
+            st.sampled_from([None, None, None, "close", "lost", "lost-on-write"]),
+        ), min_size=len(specs), max_size=len(specs)),
+        st.integers(0, 10),  # where the round starts
+    ), min_size=1, max_size=4))
+    return specs, rounds
+
+
+@SETTINGS
+@given(case=writer_cases())
+def test_round_writer_twins_agree(case):
+    """The compiled writer's own path leaves every socket, connection and
+    outbox as Connection.flush does (the pure writer calls only that)."""
+    from hubbub._ring_py import DROP_OLDEST, WAKE
+    from hubbub.auth import DEV_ANONYMOUS
+    from hubbub.core.connection import BATCH_MAX_BYTES, BATCH_MAX_MESSAGES, HIGH_WATER, OPEN, Connection
+    from hubbub.wire import SSE, WS
+
+    specs, rounds = case
+    worlds = []
+    for core in (NATIVE, PURE):
+        pending: list = []
+        writer = core.writer.RoundWriter(OPEN, HIGH_WATER, BATCH_MAX_MESSAGES, BATCH_MAX_BYTES)
+        conns = []
+        for kind, max_messages in specs:
+            sock = SocketSink(0, False)
+            transport = {"ws": WSSocketTransport, "raw": RawSocketTransport, "other": UnregisteredTransport}[kind](sock)
+            fmt = WS if kind == "ws" else SSE
+            outbox = core.Outbox(max_messages, 1 << 30, DROP_OLDEST, b"\n" if fmt == WS else b"")
+            conn = Connection(fmt, DEV_ANONYMOUS, transport, outbox, pending.append, lambda c, code: None)
+            sock.conn = conn
+            conns.append(conn)
+        worlds.append((writer, pending, conns))
+
+    for number, (actions, start) in enumerate(rounds):
+        for writer, pending, conns in worlds:
+            for index, (conn, (pushes, control, buffered, end)) in enumerate(zip(conns, actions)):
+                conn.transport.socket.buffered = buffered
+                conn.transport.socket.lose_on_write = end == "lost-on-write"
+                for n, (size, priority) in enumerate(pushes):
+                    frame = (b"r%d-c%d-m%d;" % (number, index, n)).ljust(FRAME_SIZES[size], b"x")
+                    if conn.outbox.push(frame, priority) == WAKE:
+                        conn.wake()
+                if control:
+                    conn.send_control(*(b"ctl%d-%d" % (number, c) for c in range(control)))
+                if end == "close":
+                    conn.close(4000, "bye")
+                elif end == "lost":
+                    conn.lost()
+            round_, pending[:] = list(pending), []
+            writer.write_round(round_, start % len(round_) if round_ else 0)
+        seen = [[(conn.transport.socket.writes, conn.scheduled, conn.wrote, conn.state, list(conn.control),
+                  conn.outbox.armed, len(conn.outbox), conn.outbox.dropped, conn.transport.closed_with)
+                 for conn in conns] for _, _, conns in worlds]
+        assert seen[0] == seen[1], number

@@ -15,6 +15,7 @@ def test_native_flag_matches_the_loaded_trie():
     from hubbub import _core
 
     assert _core.NATIVE == (_core.Trie.__module__ == "hubbub._trie")
+    assert _core.NATIVE == (_core.RoundWriter.__module__ == "hubbub._writer")
 
 
 def test_the_pure_twin_mirrors_the_compiled_constants():

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from itertools import islice
 from typing import TYPE_CHECKING
 
+from .._core import RoundWriter
+from .connection import BATCH_MAX_BYTES, BATCH_MAX_MESSAGES, HIGH_WATER, OPEN
 from .counters import LatencyHistogram
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ class Flusher:
         self.woken_at: float | None = None
         self.write_latency = LatencyHistogram()
         self._start = 0.0  # where the next round starts, as a fraction of its length
+        # Flushes a round's connections: the compiled one writes the common case
+        # (messages only, one batch, a socket transport) without a Python call.
+        self.writer = RoundWriter(OPEN, HIGH_WATER, BATCH_MAX_MESSAGES, BATCH_MAX_BYTES)
         # Bound once: every connection holds this same object (a bound method
         # made per connection would be 64 B of each idle connection).
         self.schedule = self._schedule
@@ -70,31 +74,42 @@ class Flusher:
         """Write ``conn`` on the next round (``schedule``, the connections' entry point)."""
         self.pending.append(conn)
         if self._handle is None:
-            loop = self._loop
-            if loop is None:
-                loop = self._loop = asyncio.get_running_loop()
-            since = time.perf_counter() - self._last_round
-            if since >= BUSY_GAP or since >= self.delay:
-                # The loop idled since the last round: the hub keeps up, write now.
-                self._handle = loop.call_soon(self.run)
-            else:
-                # Busy: let publications gather until FLUSH_DELAY after the last round.
-                self._handle = loop.call_later(self.delay - since, self.run)
+            self._arm()
+
+    def wake_all(self, conns: "list[Connection]") -> None:
+        """``Connection.wake`` for each of a fan-out's woken connections, in one
+        call rather than two per delivery (at one publication a round, the
+        Python calls around a delivery's write are most of the hub's own cost)."""
+        pending = self.pending
+        for conn in conns:
+            if not conn.scheduled and conn.state is OPEN:
+                conn.scheduled = True
+                pending.append(conn)
+        if pending and self._handle is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        """Schedule the next round: now if the loop idled since the last one, else later."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        since = time.perf_counter() - self._last_round
+        if since >= BUSY_GAP or since >= self.delay:
+            # The loop idled since the last round: the hub keeps up, write now.
+            self._handle = loop.call_soon(self.run)
+        else:
+            # Busy: let publications gather until FLUSH_DELAY after the last round.
+            self._handle = loop.call_later(self.delay - since, self.run)
 
     def run(self) -> None:
         """One round: flush every connection woken since the last one."""
         self._handle = None
         pending, self.pending = self.pending, []
+        start = 0
         if self.rotate and len(pending) > 1:
             start = int(self._start * len(pending))
             self._start = (self._start + START_STEP) % 1.0
-            for conn in islice(pending, start, None):
-                conn.flush()
-            for conn in islice(pending, start):
-                conn.flush()
-        else:
-            for conn in pending:
-                conn.flush()
+        self.writer.write_round(pending, start)
         self.rounds += 1
         if self.woken_at is not None:
             self.write_latency.observe(time.perf_counter() - self.woken_at)

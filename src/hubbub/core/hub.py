@@ -271,8 +271,7 @@ class HubCore:
                                               self._fanout_seq, woken, overflowed)
             if woken and self.flusher.woken_at is None:  # for the publish-to-write latency
                 self.flusher.woken_at = time.perf_counter()
-            for conn in woken:
-                conn.wake()
+            self.flusher.wake_all(woken)
             for conn in overflowed:
                 self.counters.disconnect_drops += conn.outbox.count + 1  # its backlog and the refused one
                 conn.close(CLOSE_SLOW, "slow consumer")

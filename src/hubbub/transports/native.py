@@ -34,7 +34,7 @@ from picows import WSAutoPingStrategy, WSListener, WSMsgType
 from picows.picows import WSProtocol
 
 from .. import wire
-from .._core import NATIVE
+from .._core import FRAME_RAW, FRAME_WS_TEXT, NATIVE, register_socket_transport
 from ..accesslog import log_access
 from ..auth import ANONYMOUS, Request
 from ..core.connection import CLOSE_INTERNAL, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_TOO_BIG, Connection
@@ -509,3 +509,10 @@ class NativeWSTransport(WakesWriter, WSListener):
     def on_ws_disconnected(self, transport) -> None:
         if self.session is not None:
             self.session.lost(CLOSE_SHUTDOWN)
+
+
+# Both write a batch to their socket as the compiled round writer would
+# (framed as one text frame; as it is) and report that socket's buffer as
+# their own, so a flusher round writes them without calling them.
+register_socket_transport(NativeWSTransport, FRAME_WS_TEXT, "socket")
+register_socket_transport(_SSEStream, FRAME_RAW, "transport")
