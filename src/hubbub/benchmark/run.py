@@ -144,13 +144,21 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
-def _cpu(pid: int) -> float:
-    total = 0
+def _cpu_split(pid: int) -> tuple[float, float]:
+    """CPU seconds of ``pid`` and its descendants: (user, system). On loopback
+    the system part holds both ends of every socket send (see bench/RESULTS.md)."""
+    user = system = 0
     for p in _tree(pid):
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+            user += int(fields[11])
+            system += int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
+
+
+def _cpu(pid: int) -> float:
+    return sum(_cpu_split(pid))
 
 
 def _rss_kib(pid: int) -> int:
@@ -207,16 +215,20 @@ def run_case(contender: str, scenario: dict, workdir: Path, contenders: dict | N
             time.sleep(1.5)
             rss_after = _rss_kib(server.pid)
             result["rss_per_connection_kib"] = (rss_after - rss_before) / scenario["clients"]
-        cpu_before = _cpu(server.pid)
+        user_before, system_before = _cpu_split(server.pid)
         go_file.touch()
         output = json.loads(loadgen.stdout.readline())
-        cpu = _cpu(server.pid) - cpu_before
+        user, system = _cpu_split(server.pid)
+        user, system = user - user_before, system - system_before
+        cpu = user + system
         loadgen.wait(30)
         result.update(output)
         result["server_cpu_s"] = cpu
+        result["server_user_s"] = user
         result["lost"] = output["expected"] - output["received"]
         if output["received"]:
             result["cpu_us_per_delivery"] = cpu / output["received"] * 1e6
+            result["user_us_per_delivery"] = user / output["received"] * 1e6
             result["deliveries_per_s"] = output["received"] / max(output["seconds"], 1e-9)
         return result
     finally:
@@ -247,14 +259,15 @@ def table(scenario: dict, rows: list[dict]) -> str:
             else:
                 lines.append(f"| {r['contender']} | {r['clients']:,} | {_fmt(r['rss_per_connection_kib'], ' KiB')} |")
         return "\n".join(lines)
-    lines += ["| contender | deliveries/s | server CPU per delivery | p50 | p99 | max | lost |",
+    lines += ["| contender | deliveries/s | server CPU per delivery (user) | p50 | p99 | max | lost |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['contender']} | — | — | — | — | — | {r['error']} |")
             continue
         lines.append(f"| {r['contender']} | {_fmt(r.get('deliveries_per_s'), digits=0)} |"
-                     f" {_fmt(r.get('cpu_us_per_delivery'), ' µs')} | {_fmt(r['p50_ms'], ' ms')} |"
+                     f" {_fmt(r.get('cpu_us_per_delivery'), ' µs')} ({_fmt(r.get('user_us_per_delivery'), ' µs')})"
+                     f" | {_fmt(r['p50_ms'], ' ms')} |"
                      f" {_fmt(r['p99_ms'], ' ms')} | {_fmt(r['max_ms'], ' ms')} | {r['lost']:,} of {r['expected']:,} |")
     return "\n".join(lines)
 
