@@ -167,6 +167,22 @@ async def test_concurrent_migrations_apply_once(make_store, store_url):
     assert await _schema_versions(stores[0]) == [1]
 
 
+async def test_sqlite_stores_opening_one_new_file_at_once_all_come_up(tmp_path):
+    # SQLite refuses a concurrent switch of a new file to WAL at once ("database
+    # is locked", no busy wait): with six at a time that happened in about one
+    # start in eight. Thirty new files, six stores each, every one comes up.
+    from hubbub.services.inbox.sqlite import SqliteStore
+
+    for trial in range(30):
+        path = str(tmp_path / f"inbox-{trial}.db")
+        stores = [SqliteStore(path, ttl=3600, max_per_user=100) for _ in range(6)]
+        try:
+            await asyncio.gather(*(store.open() for store in stores))
+            assert await _schema_versions(stores[0]) == [1]
+        finally:
+            await asyncio.gather(*(store.close() for store in stores))
+
+
 async def _schema_versions(store) -> list[int]:
     sql = "SELECT version FROM hubbub_schema_version ORDER BY version"
     if hasattr(store, "_pool"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,6 +23,7 @@ from .store import (COLUMNS, NewNotification, NotificationStore, StoreError, Sto
                     fault, now_ms, page_query, pending_migrations, record_of)
 
 BUSY_TIMEOUT = 10.0  # seconds a write waits for another process's write lock
+WAL_RETRY = 0.01  # seconds between tries of the WAL switch (see _enable_wal)
 
 # SQLite's primary result codes that say the database cannot answer now,
 # whatever the request (https://sqlite.org/rescode.html): busy or locked past
@@ -96,7 +98,7 @@ class SqliteStore(NotificationStore):
         db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
         try:
             db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            db.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(db, self.busy_timeout)
             db.execute("PRAGMA synchronous = FULL")
             _migrate(db)
         except BaseException:
@@ -180,6 +182,22 @@ def _classified(error: Exception) -> StoreError:
     if isinstance(error, sqlite3.Error) and code is not None and code & 0xFF in UNAVAILABLE_CODES:
         return StoreUnavailable(f"SQLite: {error}")
     return fault("SQLite", error)
+
+
+def _enable_wal(db: sqlite3.Connection, timeout: float) -> None:
+    """Switch to WAL mode. While another connection switches the same new file,
+    the pragma fails at once with "database is locked": SQLite does not call
+    the busy handler for it (seen with six processes opening one new file).
+    So it is retried here, within the same ``busy_timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(WAL_RETRY)
 
 
 def _migrate(db: sqlite3.Connection) -> None:
