@@ -11,6 +11,7 @@ in this process, so the test can publish the moment the client connects).
 """
 import asyncio
 import contextlib
+import json
 import socket
 
 import pytest
@@ -83,3 +84,44 @@ async def test_a_refused_handshake_still_closes_4401_after_the_101(kind, tmp_pat
                 async with asyncio.timeout(5):
                     await ws.recv()
         assert closed.value.rcvd.code == 4401 and closed.value.rcvd.reason == "unknown session"
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """A client's text frame (RFC 6455: masked), short payloads only."""
+    mask = b"\x01\x02\x03\x04"
+    return bytes((0x81, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def read_text_frame(reader: asyncio.StreamReader) -> bytes:
+    first, second = await reader.readexactly(2)
+    assert first == 0x81, first  # an unmasked, final text frame
+    length = second & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    return await reader.readexactly(length)
+
+
+async def test_a_frame_sent_right_behind_the_upgrade_request_is_answered_after_the_handshake(tmp_path):
+    # A client that does not wait for its 101 before its first frame (both in
+    # one write): the frame is handled once the session is open, so it is not
+    # taken for a missing auth frame (4401) while the auth hook still runs.
+    # The native port only: it reads the socket itself. On the ASGI port the
+    # server reads it (the app asks for frames only once it has accepted), and
+    # uvicorn does not hand over a frame that came with the upgrade request.
+    async with ws_port("native", tmp_path) as (hub, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            upgrade = (f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                       "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                       "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+            writer.write(upgrade + masked_text_frame(b'{"op":"subscribe","topic":"news.p","id":1}'))
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 101"), head
+                replies = []
+                while not any(r["op"] == "ack" for r in replies):  # the user's unread_count may come first
+                    replies += [json.loads(line) for line in (await read_text_frame(reader)).split(b"\n")]
+            assert {"op": "ack", "id": 1} == {k: v for k, v in replies[-1].items() if k in ("op", "id")}, replies
+            assert all(r["op"] in ("ack", "unread_count") for r in replies), replies
+        finally:
+            writer.close()

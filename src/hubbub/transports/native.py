@@ -165,6 +165,16 @@ def forget_handshake(ws) -> None:
         response.headers = _NO_HEADERS
 
 
+def _feed(protocol: WSProtocol, data: bytes) -> None:
+    """Hand picows' protocol bytes read before it had the socket, as if it had read them."""
+    while data:
+        buf = protocol.get_buffer(len(data))
+        n = min(len(buf), len(data))
+        buf[:n] = data[:n]
+        protocol.buffer_updated(n)
+        data = data[n:]
+
+
 class _Sniffer(asyncio.Protocol):
     """Reads one request head, then becomes the protocol that serves it."""
 
@@ -248,17 +258,24 @@ class _Sniffer(asyncio.Protocol):
             if self.transport.is_closing():  # the client left while it was checked
                 return
             listener = NativeWSTransport(server, request)
-            self._hand_to_picows(listener)  # picows writes the 101 and calls on_ws_connected
+            # The head first (picows writes the 101 and calls on_ws_connected),
+            # then any frame the client sent right behind it, once the session is open.
+            head_end = self.buffer.find(b"\r\n\r\n") + 4
+            behind = bytes(self.buffer[head_end:])
+            del self.buffer[head_end:]
+            protocol = self._hand_to_picows(listener)
             if listener.session is not None:
                 # The same callback as the 101: subscribed before any
                 # publication can be delivered to a client that has its 101.
                 listener.session.open(handshake)
+                _feed(protocol, behind)
         except Exception:
             log.exception("upgrading to a WebSocket failed")
             if self.transport is not None:
                 self.transport.abort()
 
-    def _hand_to_picows(self, listener: "NativeWSTransport") -> None:
+    def _hand_to_picows(self, listener: "NativeWSTransport") -> WSProtocol:
+        """Make the socket picows' and feed it the bytes read so far."""
         handed = [listener]  # picows keeps the factory for the connection's life: not the listener
         protocol = self.server.ws_protocol(lambda upgrade: handed.pop())
         transport = self.transport
@@ -268,12 +285,8 @@ class _Sniffer(asyncio.Protocol):
         data = bytes(self.buffer)
         self.buffer = self.head_timer = self.transport = None  # the sniffer's part is over
         transport.resume_reading()
-        while data:
-            buf = protocol.get_buffer(len(data))
-            n = min(len(buf), len(data))
-            buf[:n] = data[:n]
-            protocol.buffer_updated(n)
-            data = data[n:]
+        _feed(protocol, data)
+        return protocol
 
     def _reply(self, status: int, reason: str) -> None:
         self.transport.write(http_response((status, error_body(status, reason), [])))
