@@ -125,3 +125,19 @@ async def test_a_frame_sent_right_behind_the_upgrade_request_is_answered_after_t
             assert all(r["op"] in ("ack", "unread_count") for r in replies), replies
         finally:
             writer.close()
+
+
+@pytest.mark.parametrize("kind", ["native", "asgi"])
+async def test_a_client_that_leaves_while_its_handshake_is_checked_leaves_nothing_behind(kind, tmp_path):
+    async with ws_port(kind, tmp_path) as (hub, port):
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write((f"GET /ws?topic=news.gone HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                          "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                          "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            await writer.drain()
+            writer.close()  # while the auth hook still runs
+        await asyncio.sleep(HOOK_DELAY * 2)  # the hooks have answered
+        async with asyncio.timeout(5):  # and whatever they opened is gone again
+            while hub.core.connections or await hub.topics():
+                await asyncio.sleep(0.05)
