@@ -40,12 +40,13 @@ def test_the_dashboard_asks_for_its_key_and_survives_a_reload(page, keyed_hub):
     assert page.goto(keyed_hub.base + "/dashboard").status == 401
     page.fill("input[name=key]", API_KEY)
     # The form's answer is a navigation to the dashboard: poll only once it is
-    # there. (A poll begun on the key page and carried across the navigation
-    # once hit the dashboard's CSP, which forbids eval, in CI.)
+    # there. The predicates are functions: Playwright polls a bare expression
+    # with eval, which the dashboard's CSP forbids (it failed in CI whenever
+    # the first check came too early).
     with page.expect_navigation():
         page.click("button[type=submit]")
-    page.wait_for_function("window.hubbubDashboard && window.hubbubDashboard.last() !== null")
+    page.wait_for_function("() => window.hubbubDashboard && window.hubbubDashboard.last() !== null")
     assert "key=" not in page.url
     assert page.reload().status == 200
-    page.wait_for_function("window.hubbubDashboard.last() !== null")
+    page.wait_for_function("() => window.hubbubDashboard && window.hubbubDashboard.last() !== null")
     assert failed == [f"401 {keyed_hub.base}/dashboard"], failed  # the key form's own answer
