@@ -284,8 +284,16 @@ async def test_a_frozen_then_killed_redis_never_answers_late_loses_nothing_and_d
 
         # -- the deliveries -------------------------------------------------------
         kept = {key for key, a in accepted.items() if not a["ephemeral"]}
-        await wait_for(lambda: all(kept <= set(sub.got) for sub in subscribers), 20,
-                       "every kept publication answered 200 on every subscriber")
+        try:
+            await wait_for(lambda: all(kept <= set(sub.got) for sub in subscribers), 20,
+                           "every kept publication answered 200 on every subscriber")
+        except AssertionError:  # say who missed what, and when it was answered
+            missing = {sub.name: [(key, accepted[key]["body"]["ids"][0], round(accepted[key]["at"] - frozen, 2))
+                                  for key in sorted(kept - set(sub.got))[:5]]
+                       for sub in subscribers if not kept <= set(sub.got)}
+            raise AssertionError(f"kept publications answered 200 but not delivered ((i, try), id, seconds"
+                                 f" after the freeze; killed at {killed - frozen:.2f} s, restarted at"
+                                 f" {restarted - frozen:.2f} s): {missing}") from None
         await asyncio.sleep(0.5)  # anything late (or twice) would come now
         early = {key for key, a in accepted.items() if a["ephemeral"] and a["at"] < frozen - 0.2}
         for sub in subscribers:
