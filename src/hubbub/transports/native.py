@@ -221,7 +221,7 @@ class _Sniffer(asyncio.Protocol):
             if self.server.hub.core.draining:  # a load balancer sees 503, not a closed socket
                 self._reply(503, "hub is shutting down")
                 return
-            self._to_websocket(request)
+            self._to_websocket(request, end + 4)
         elif url.path == "/sse" and method == "OPTIONS":  # CORS preflight
             status, cors = self.server.cors.preflight(headers)
             self.transport.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'No Content')}\r\n".encode()
@@ -244,14 +244,14 @@ class _Sniffer(asyncio.Protocol):
         else:
             self._reply(404, f"no such endpoint {url.path} on the fast port")
 
-    def _to_websocket(self, request: Request) -> None:
+    def _to_websocket(self, request: Request, head_end: int) -> None:
         # The handshake's checks may wait (an auth hook): the 101 waits with
         # them, and the socket is not read meanwhile (the client sends no
         # frame before its 101 anyway).
         self.transport.pause_reading()
-        asyncio.ensure_future(self._upgrade(request))
+        asyncio.ensure_future(self._upgrade(request, head_end))
 
-    async def _upgrade(self, request: Request) -> None:
+    async def _upgrade(self, request: Request, head_end: int) -> None:
         try:
             server = self.server
             handshake = await check_handshake(server.hub.streams, request)
@@ -260,7 +260,6 @@ class _Sniffer(asyncio.Protocol):
             listener = NativeWSTransport(server, request)
             # The head first (picows writes the 101 and calls on_ws_connected),
             # then any frame the client sent right behind it, once the session is open.
-            head_end = self.buffer.find(b"\r\n\r\n") + 4
             behind = bytes(self.buffer[head_end:])
             del self.buffer[head_end:]
             protocol = self._hand_to_picows(listener)
