@@ -24,7 +24,7 @@ cdef enum:
 FRAME_RAW = RAW
 FRAME_WS_TEXT = WS_TEXT
 # Below this a WebSocket batch is copied behind its header into one write();
-# above it the two go to writelines() uncopied (transports/native.py does the same).
+# above it the two go to writelines() uncopied (as _writer_py.write_ws_text).
 cdef Py_ssize_t COPY_BELOW = 16 << 10
 
 cdef dict _registry = {}
@@ -53,6 +53,12 @@ cdef Py_ssize_t _ws_header(unsigned char* header, Py_ssize_t size):
     for i in range(8):
         header[2 + i] = (size >> (8 * (7 - i))) & 0xff
     return 10
+
+
+def write_ws_text(object sock, bytes data):
+    """Write ``data`` to the socket transport ``sock`` as one text frame (the
+    native port's WebSocket ``write``, for what the round writer hands back)."""
+    _write_ws_text(sock, data)
 
 
 cdef int _write_ws_text(object sock, bytes data) except -1:

@@ -17,7 +17,7 @@ if os.environ.get("HUBBUB_NO_EXTENSIONS") != "1":
         from ._fanout import Subscription, TagFilter, fanout
         from ._ring import Outbox
         from ._trie import Trie
-        from ._writer import FRAME_RAW, FRAME_WS_TEXT, RoundWriter, register_socket_transport
+        from ._writer import FRAME_RAW, FRAME_WS_TEXT, RoundWriter, register_socket_transport, write_ws_text
 
         NATIVE = True
     except ImportError as error:
@@ -31,12 +31,13 @@ if not NATIVE:
     from ._fanout_py import Subscription, TagFilter, fanout  # noqa: F811
     from ._ring_py import Outbox  # noqa: F811
     from ._trie_py import Trie  # noqa: F811
-    from ._writer_py import FRAME_RAW, FRAME_WS_TEXT, RoundWriter, register_socket_transport  # noqa: F811
+    from ._writer_py import (FRAME_RAW, FRAME_WS_TEXT, RoundWriter,  # noqa: F811
+                             register_socket_transport, write_ws_text)
 
 from ._ring_py import DISCONNECT, DROP_OLDEST, OVERFLOW, QUEUED, WAKE  # noqa: E402
 
 __all__ = [
     "NATIVE", "Trie", "Outbox", "Subscription", "TagFilter", "fanout",
-    "RoundWriter", "register_socket_transport", "FRAME_RAW", "FRAME_WS_TEXT",
+    "RoundWriter", "register_socket_transport", "write_ws_text", "FRAME_RAW", "FRAME_WS_TEXT",
     "QUEUED", "WAKE", "OVERFLOW", "DROP_OLDEST", "DISCONNECT",
 ]

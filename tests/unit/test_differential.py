@@ -163,19 +163,15 @@ class SocketSink:
 
 
 class WSSocketTransport:
-    """Writes as transports/native.NativeWSTransport does (registered FRAME_WS_TEXT)."""
+    """Writes as transports/native.NativeWSTransport does (registered FRAME_WS_TEXT),
+    with the pure twin's framing: the compiled writer must write the same bytes."""
 
     def __init__(self, sock: SocketSink) -> None:
         self.socket = sock
         self.closed_with = None
 
     def write(self, data: bytes) -> None:
-        from hubbub.transports.native import COPY_BELOW, text_frame_header
-
-        if len(data) < COPY_BELOW:
-            self.socket.write(text_frame_header(len(data)) + data)
-        else:
-            self.socket.writelines((text_frame_header(len(data)), data))
+        PURE.writer.write_ws_text(self.socket, data)
 
     def buffered(self) -> int:
         return self.socket.get_write_buffer_size()
@@ -222,6 +218,33 @@ def writer_cases(draw):
         st.integers(0, 10),  # where the round starts
     ), min_size=1, max_size=4))
     return specs, rounds
+
+
+@SETTINGS
+@given(size=st.one_of(st.integers(0, 300), st.integers(16_000, 17_000), st.integers(65_400, 65_700),
+                      st.sampled_from([125, 126, 127, 16_383, 16_384, 65_535, 65_536])))
+def test_ws_text_framing_twins_agree(size):
+    """The native port's WebSocket write: both header forms' edges and the copy
+    threshold give the same calls with the same bytes (a dropped length byte, a
+    header sized one form too small, would all differ here)."""
+    class Calls:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, list[bytes]]] = []
+
+        def write(self, data) -> None:
+            self.calls.append(("write", [bytes(data)]))
+
+        def writelines(self, parts) -> None:
+            self.calls.append(("writelines", [bytes(part) for part in parts]))
+
+    data = bytes(i % 251 for i in range(size))
+    pure, native = Calls(), Calls()
+    PURE.writer.write_ws_text(pure, data)
+    NATIVE.writer.write_ws_text(native, data)
+    assert native.calls == pure.calls
+    (how, parts), = pure.calls
+    assert how == ("write" if size < 16 << 10 else "writelines")
+    assert b"".join(parts)[2 if size < 126 else 4 if size < 65536 else 10:] == data
 
 
 @SETTINGS

@@ -34,7 +34,7 @@ from picows import WSAutoPingStrategy, WSListener, WSMsgType
 from picows.picows import WSProtocol
 
 from .. import wire
-from .._core import FRAME_RAW, FRAME_WS_TEXT, NATIVE, register_socket_transport
+from .._core import FRAME_RAW, FRAME_WS_TEXT, NATIVE, register_socket_transport, write_ws_text
 from ..accesslog import log_access
 from ..auth import ANONYMOUS, Request
 from ..core.connection import CLOSE_INTERNAL, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_TOO_BIG, Connection
@@ -383,22 +383,6 @@ class _SSEStream(SSEHeartbeat, WakesWriter, asyncio.Protocol):
 
 
 # -- WebSocket --------------------------------------------------------------------
-_SHORT_HEADERS = tuple(bytes((0x81, length)) for length in range(126))
-# Below this a batch is copied behind its header into one write(); above it
-# the two go to writelines() uncopied. One write() was the cheaper call in
-# py-spy profiles of small fan-out frames.
-COPY_BELOW = 16 << 10
-
-
-def text_frame_header(length: int) -> bytes:
-    """RFC 6455 header of an unmasked, final text frame of ``length`` bytes."""
-    if length < 126:
-        return _SHORT_HEADERS[length]
-    if length < 65536:
-        return b"\x81\x7e" + length.to_bytes(2, "big")
-    return b"\x81\x7f" + length.to_bytes(8, "big")
-
-
 class NativeWSTransport(WakesWriter, WSListener):
     """A picows connection: its listener (frames in) and its connection's
     transport (frames out, framed here and written to the socket). One object
@@ -426,12 +410,9 @@ class NativeWSTransport(WakesWriter, WSListener):
         # shared frame bytes go out as they are, and this avoids picows'
         # send() for payloads over 8 KiB, whose header is a view of a reused
         # buffer that a paused transport keeps and the next send overwrites
-        # (corrupt frames under backpressure, seen in picows 2.3.1).
-        size = len(data)
-        if size < COPY_BELOW:
-            self.socket.write(text_frame_header(size) + data)
-        else:
-            self.socket.writelines((text_frame_header(size), data))
+        # (corrupt frames under backpressure, seen in picows 2.3.1). The
+        # framing is the round writer's, so both write the same bytes.
+        write_ws_text(self.socket, data)
 
     def buffered(self) -> int:
         return self.socket.get_write_buffer_size()
