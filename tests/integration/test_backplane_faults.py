@@ -366,7 +366,7 @@ async def test_a_node_behind_when_redis_dies_tells_its_subscribers_with_a_reset(
     env = {"HUBBUB_BACKPLANE": redis_server.url, "HUBBUB_BACKPLANE_PREFIX": "lag:",
            "HUBBUB_QUEUE_MAX_BYTES": "64MiB", "HUBBUB_QUEUE_MAX_MESSAGES": "4096"}
     publisher_node, behind = HubProcess(env=env), HubProcess(env=env)
-    ws = None
+    ws = reader = None
     try:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda proc: proc.start(tmp_path), (publisher_node, behind)))
@@ -396,8 +396,9 @@ async def test_a_node_behind_when_redis_dies_tells_its_subscribers_with_a_reset(
         got = [i for i, _ in sub.got]
         assert got == list(range(len(got))), "delivered out of order or with a hole before the reset"
         assert len(got) < BEHIND_COUNT, "every publication arrived: nothing died with Redis"
-        reader.cancel()
     finally:
+        if reader is not None:
+            reader.cancel()
         if ws is not None:
             await ws.close()
         for proc in (publisher_node, behind):
