@@ -1,6 +1,7 @@
 import os
 import shutil
 import tempfile
+import time
 import types
 
 import pytest
@@ -69,6 +70,27 @@ def shared_redis() -> str:
     finally:
         client.close()
     return SHARED_URL
+
+
+@pytest.fixture(params=["serving-every-slot", "no-slots"])
+def cluster_node_redis(request, tmp_path):
+    """A redis-server of the test's own in cluster mode (``cluster-enabled yes``):
+    a one-node cluster serving every hash slot, or a node with no slots yet."""
+    if shutil.which("redis-server") is None:
+        _unavailable("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(["--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf")])
+    server.start()
+    try:
+        if request.param == "serving-every-slot":
+            with server.client() as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+                deadline = time.monotonic() + 10
+                while client.cluster("info")["cluster_state"] != "ok":
+                    assert time.monotonic() < deadline, "the one-node cluster did not come up"
+                    time.sleep(0.05)
+        yield server
+    finally:
+        server.kill()
 
 
 @pytest.fixture

@@ -56,15 +56,16 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server this test owns: start, kill -9, pause, restart on the same port."""
 
-    def __init__(self) -> None:
+    def __init__(self, args: list[str] = ()) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = list(args)  # more redis-server options
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no"],
+             "--appendonly", "no", "--daemonize", "no", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:

@@ -52,6 +52,17 @@ def test_serve_refuses_to_start_without_secrets_outside_dev():
     assert "--dev" in result.stderr
 
 
+def test_serve_refuses_a_redis_cluster_node_as_its_backplane_with_the_reason(cluster_node_redis):
+    from .server import free_port_pair
+
+    port = free_port_pair()
+    result = run(["serve", "--dev"], {"HUBBUB_BACKPLANE": cluster_node_redis.url, "HUBBUB_PORT": str(port),
+                                      "HUBBUB_FAST_PORT": str(port + 1)}, timeout=60)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "is a Redis Cluster node" in output and "Redis Cluster is not supported" in output, output[-2000:]
+
+
 def test_publish_command_goes_through_the_http_api(hub):
     result = run(["publish", "cli.topic", '{"a": 1}', "--event", "update", "--url", hub.base])
     assert result.returncode == 0, result.stderr

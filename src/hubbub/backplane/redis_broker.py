@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -400,18 +400,43 @@ class RedisBroker(Broker):
         self._on_gap = on_gap
         self._on_event = on_event
         try:
-            await self._heartbeat()  # measures the clock offset the deadlines need
-            subscription = await self._connect(backfill=backfill)
+            refusal = await self._cluster_refusal()
+            if refusal is None:
+                await self._heartbeat()  # measures the clock offset the deadlines need
+                subscription = await self._connect(backfill=backfill)
         except _UNREACHABLE as error:
             await self._close_clients()
             raise BackplaneUnavailable(f"cannot reach the backplane at {masked(self.url)}:"
                                        f" {error or 'no answer in time'}") from None
+        if refusal is not None:
+            await self._close_clients()
+            raise BackplaneUnavailable(refusal)
         self._subscribed = self._answering = True
         self._health_changed()
         self._tasks = [asyncio.ensure_future(self._subscriber(subscription)),
                        asyncio.ensure_future(self._watch()),
                        asyncio.ensure_future(self._presence_refresher()),
                        asyncio.ensure_future(self._reaper())]
+
+    async def _cluster_refusal(self) -> str | None:
+        """Why this Redis cannot be the backplane, when it is a Redis Cluster node.
+
+        Each script keeps a publication's id, history and pub/sub message (or
+        presence, or an idempotency key) together in one atomic step on one
+        instance; Redis Cluster spreads those keys over shards and refuses
+        such scripts (CROSSSLOT, MOVED, "hash slot not served"). Said at start,
+        in those words, rather than as that error on every publish.
+        """
+        try:
+            async with asyncio.timeout(self.timeout):
+                info = await self._probe_redis.info("cluster")
+        except ResponseError:  # INFO is not allowed to this user (ACL): nothing to learn
+            return None
+        if not info.get("cluster_enabled"):
+            return None
+        return (f"the backplane at {masked(self.url)} is a Redis Cluster node: the backplane needs"
+                f" one standalone Redis (cluster-enabled no), whose scripts keep a publication's"
+                f" id, history and message together on one instance. Redis Cluster is not supported.")
 
     async def stop(self) -> None:
         self._stopping = True
