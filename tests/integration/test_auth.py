@@ -85,12 +85,14 @@ async def test_first_frame_auth_and_its_refusals(secured, port_kind):
         assert ack["op"] == "ack" and ack["id"] == 2
         publish(secured, p, "hello")
         assert (await ws_messages(ws, 1))[0]["data"] == "hello"
-    for first in ({"op": "subscribe", "topic": p}, {"op": "auth", "token": ATTACKS["expired"]}):
+    for first, reason in (({"op": "subscribe", "topic": p}, "authentication required"),
+                          ({"op": "auth", "token": ATTACKS["expired"]}, "expired"),
+                          ({"op": "auth", "token": token("alice"), "user": "bob"}, "auth does not take 'user'")):
         async with ws_connect(secured.url(port_kind, "/ws", "ws")) as ws:
             await ws.send(json.dumps(first))
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await ws_messages(ws, 1)
-            assert closed.value.rcvd.code == 4401
+            assert closed.value.rcvd.code == 4401 and reason in closed.value.rcvd.reason
 
 
 async def test_no_auth_frame_within_5_seconds_closes_4401(secured, port_kind):

@@ -102,6 +102,14 @@ async def test_unsubscribe_stops_delivery(hub, port_kind):
     ('{"op": "auth", "id": 9}', 400, "needs a 'token'"),  # upgrades are in test_presence.py
     ('{"op": "presence", "id": 9}', 400, "presence needs 'topic'"),
     ('{"op": "presence", "topic": "a..b", "id": 9}', 400, "empty segment"),
+    # A field the op does not take is refused, never dropped in silence.
+    ('{"op": "publish", "topic": "a", "data": 1, "priority": "critical", "id": 9}', 400,
+     "publish does not take 'priority'; it takes data, ephemeral, event, topic"),
+    ('{"op": "subscribe", "topic": "a", "filters": "k:v", "id": 9}', 400, "subscribe does not take 'filters'"),
+    ('{"op": "unsubscribe", "topic": "a", "user": "u", "id": 9}', 400, "unsubscribe does not take 'user'"),
+    ('{"op": "refresh", "token": "t", "exp": 1, "id": 9}', 400, "refresh does not take 'exp'"),
+    ('{"op": "publish", "topic": "a", "data": 1, "k1": 1, "k2": 2, "k3": 3, "k4": 4, "id": 9}', 400,
+     "does not take 'k1', 'k2', 'k3' and 1 more"),
 ])
 async def test_bad_frames_get_an_error_and_the_connection_stays(hub, port_kind, frame, code, fragment):
     p = topic_prefix()

@@ -191,11 +191,18 @@ class WSSession:
                 if op != "auth":
                     conn.close(CLOSE_AUTH, "authentication required: send {\"op\":\"auth\"} first")
                     return
+                unknown = _unknown_fields(op, msg)
+                if unknown:
+                    conn.close(CLOSE_AUTH, unknown)
+                    return
                 self._auth_frame(msg, request_id)
                 return
             handler = _OPS.get(op) if isinstance(op, str) else None
             if handler is None:
                 raise HubError(400, f"unknown op {op!r}" if op is not None else "frame has no 'op'")
+            unknown = _unknown_fields(op, msg)
+            if unknown:
+                raise HubError(400, unknown)
             handler(self, msg, request_id)
         except HubError as error:
             conn.send_control(wire.ws_error(error.code, error.reason, request_id))
@@ -372,6 +379,35 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+# The fields each op takes (SPEC 6), besides "op" and "id". Any other is
+# refused, as POST /publish refuses unknown fields: a "priority" the client
+# thinks it set, or a misspelt "filter", must not pass in silence (the
+# publication going out at normal priority, the subscription unfiltered).
+# ping and pong carry nothing, so an extra field there loses nothing.
+_FIELDS = {
+    "subscribe": frozenset({"topic", "since", "filter", "presence"}),
+    "unsubscribe": frozenset({"topic"}),
+    "publish": frozenset({"topic", "data", "event", "ephemeral"}),
+    "presence": frozenset({"topic"}),
+    "auth": frozenset({"token"}),
+    "refresh": frozenset({"token"}),
+}
+_ENVELOPE = frozenset({"op", "id"})
+
+
+def _unknown_fields(op: str, msg: dict) -> str | None:
+    """The reason to refuse ``msg`` for fields ``op`` does not take, or None."""
+    fields = _FIELDS.get(op)
+    if fields is None:
+        return None
+    unknown = msg.keys() - fields - _ENVELOPE
+    if not unknown:
+        return None
+    named = ", ".join(repr(f[:40]) for f in sorted(unknown)[:3])  # bounded: keys are the client's
+    more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+    return f"{op} does not take {named}{more}; it takes {', '.join(sorted(fields))}"
 
 
 _OPS = {
