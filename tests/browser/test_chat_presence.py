@@ -47,7 +47,7 @@ def test_two_users_see_each_other_join_type_chat_and_leave(browser, hub, transpo
         linus = open_demo(linus_context, hub, user_token(linus_user, "Linus"), transport)
         ada.wait_for_selector(person(linus_user) + ":has-text('Linus')")
         linus.wait_for_selector(person(ada_user) + ":has-text('Ada')")
-        ada.wait_for_selector(f"#wire div:has-text('Linus joined public.chat.lobby')")
+        ada.wait_for_selector("#wire div:has-text('Linus joined public.chat.lobby')")
         # Signed-in pages send no hellos: every row is the hub's presence.
         assert ada.locator("#people .person[data-via=hello]").count() == 0, demo_state(ada)
         # The hub agrees, over its HTTP API.
@@ -80,7 +80,7 @@ def test_two_users_see_each_other_join_type_chat_and_leave(browser, hub, transpo
         # Linus closes his page: his last connection left, so Ada sees him go.
         linus_context.close()
         ada.wait_for_selector(person(linus_user), state="detached")
-        ada.wait_for_selector(f"#wire div:has-text('Linus left public.chat.lobby')")
+        ada.wait_for_selector("#wire div:has-text('Linus left public.chat.lobby')")
         present = httpx.get(hub.base + "/presence/public.chat.lobby", timeout=5).json()
         assert linus_user not in {entry["user"] for entry in present["users"]}, present
         ada.screenshot(path=str(ARTIFACTS / f"chat-presence-{transport}-after-leave.png"))

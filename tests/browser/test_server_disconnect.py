@@ -17,7 +17,7 @@ import pytest
 from tests.integration.helpers_user import KEY
 from tests.integration.tokens import token
 
-from .harness import dump, events, open_harness, start_client, wait_open
+from .harness import dump, events, open_harness, wait_open
 
 CASES = [("ws", "asgi"), ("ws", "fast"), ("sse", "asgi"), ("sse", "fast"), ("poll", "asgi")]
 

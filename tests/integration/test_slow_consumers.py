@@ -9,7 +9,7 @@ import uuid
 import httpx
 import pytest
 
-from .server import ws_connect, ws_until
+from .server import ws_connect
 
 PAYLOAD = "x" * 2000
 SLOW_ENV = {"HUBBUB_QUEUE_MAX_MESSAGES": "64", "HUBBUB_HEARTBEAT": "30"}

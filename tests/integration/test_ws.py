@@ -7,7 +7,7 @@ import uuid
 import pytest
 import websockets
 
-from .server import ws_connect, ws_messages, ws_until
+from .server import ws_connect, ws_messages
 
 
 def topic_prefix() -> str:

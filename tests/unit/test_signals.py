@@ -8,7 +8,6 @@ import asyncio
 import signal
 from types import SimpleNamespace
 
-import pytest
 import pytest_asyncio
 
 from hubbub import signals
