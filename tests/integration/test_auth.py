@@ -95,6 +95,20 @@ async def test_first_frame_auth_and_its_refusals(secured, port_kind):
             assert closed.value.rcvd.code == 4401 and reason in closed.value.rcvd.reason
 
 
+async def test_a_close_reason_quoting_the_client_is_cut_to_fit_on_a_character(secured, port_kind):
+    # The reason names the client's own keys (non-ASCII here, ~250 bytes of
+    # them): cut to 120 bytes and never mid-character, else the client would
+    # fail the connection for invalid UTF-8 instead of reading 4401.
+    frame = {"op": "auth", "token": token("alice"), **{k * 40: 1 for k in "яюэ"}}
+    async with ws_connect(secured.url(port_kind, "/ws", "ws")) as ws:
+        await ws.send(json.dumps(frame))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws_messages(ws, 1)
+    reason = closed.value.rcvd.reason
+    assert closed.value.rcvd.code == 4401 and reason.startswith("auth does not take 'э")
+    assert 115 <= len(reason.encode()) <= 120, reason
+
+
 async def test_no_auth_frame_within_5_seconds_closes_4401(secured, port_kind):
     async with ws_connect(secured.url(port_kind, "/ws", "ws")) as ws:
         started = time.monotonic()

@@ -59,6 +59,9 @@ CLOSE_AUTH = 4401  # also a token that expired (SPEC 10): reason TOKEN_EXPIRED
 TOKEN_EXPIRED = "token expired"
 CLOSE_SLOW = 4408
 CLOSE_NO_PONG = 4410  # SPEC 10: dropped for missing pongs, with a close frame
+# A WS close frame carries at most 123 bytes of reason (RFC 6455 5.5); the
+# hub sends at most this many, and the server API refuses longer ones.
+MAX_CLOSE_REASON_BYTES = 120
 
 OPEN, CLOSING, CLOSED = "open", "closing", "closed"
 # No control frames owed: a shared empty tuple rather than a list per
@@ -219,7 +222,7 @@ class Connection:
             return
         self.state = CLOSING
         self.close_code = code
-        self.close_reason = reason
+        self.close_reason = reason = close_reason(reason)
         self.on_closed(self, code)
         if self.control:  # the error explaining the close goes first; the backlog is not owed
             owed = SEPARATORS[self.fmt].join(self.control)
@@ -234,3 +237,13 @@ class Connection:
             self.on_closed(self, code)
         self.state = CLOSED
         self.control = NO_CONTROL
+
+
+def close_reason(reason: str) -> str:
+    """``reason`` cut to fit a close frame. The cut falls on a character
+    boundary: half a UTF-8 character would make the peer fail the connection
+    (RFC 6455 8.1), and a reason may quote what a client sent."""
+    data = reason.encode()
+    if len(data) <= MAX_CLOSE_REASON_BYTES:
+        return reason
+    return data[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")

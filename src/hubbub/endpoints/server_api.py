@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .. import wire
+from ..core.connection import MAX_CLOSE_REASON_BYTES
 from ..core.history import Gap
 from ..errors import HubError
 from ..topics import TopicError, requested_pattern, validate_topic
@@ -40,9 +41,8 @@ DEFAULT_CODE = 4403
 # Application close codes: 4000-4999 are the WS range reserved for private
 # use (RFC 6455 7.4.2), so a backend's code never reads as a protocol close.
 MIN_CODE, MAX_CODE = 4000, 4999
-# A WS close frame carries at most 123 bytes of reason; 120 is what the
-# transports send, so a reason is refused rather than cut.
-MAX_REASON_BYTES = 120
+# A reason longer than a close frame carries is refused rather than cut.
+MAX_REASON_BYTES = MAX_CLOSE_REASON_BYTES
 MAX_USER_BYTES = 256
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 MAX_PREFIX_BYTES = 256

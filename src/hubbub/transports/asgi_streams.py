@@ -138,7 +138,7 @@ class ASGIWebSocket(ASGISender):
         if self.receiving is not None and not self.receiving.done():
             self.receiving.cancel()
             await asyncio.wait([self.receiving])
-        await self.send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+        await self.send({"type": "websocket.close", "code": code, "reason": reason})  # cut by Connection.close
 
     def pong(self) -> None:
         """The client sent ``{"op":"pong"}`` (an answer, or unasked at connect):

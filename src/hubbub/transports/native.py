@@ -418,7 +418,7 @@ class NativeWSTransport(WakesWriter, WSListener):
         return self.socket.get_write_buffer_size()
 
     def close(self, code: int, reason: str) -> None:
-        self.ws.send_close(code, reason.encode()[:120])
+        self.ws.send_close(code, reason.encode())  # Connection.close cut it to fit
         # Let the peer answer the close (its reply disconnects, see on_ws_frame):
         # cutting the socket now could reset it before it reads our close frame.
         asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.ws.disconnect)
