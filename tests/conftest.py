@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from hubbub import _fanout_py, _ring_py, _trie_py, _writer_py
-from tests.backplane.conftest import SHARED_URL, RedisServer, _unavailable
+from tests.backplane.conftest import SHARED_URL, RedisServer, _unavailable, free_port
 
 
 def _pure() -> types.SimpleNamespace:
@@ -78,7 +78,11 @@ def cluster_node_redis(request, tmp_path):
     a one-node cluster serving every hash slot, or a node with no slots yet."""
     if shutil.which("redis-server") is None:
         _unavailable("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(["--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf")])
+    # The cluster bus listens on its own port, by default the client port +
+    # 10000: past 65535 for a free port above 55535, and redis-server then
+    # does not start. So the bus gets a free port of its own.
+    server = RedisServer(["--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"),
+                          "--cluster-port", str(free_port())])
     server.start()
     try:
         if request.param == "serving-every-slot":
