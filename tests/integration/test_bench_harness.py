@@ -48,6 +48,7 @@ def test_titles_say_what_ran_and_ports_can_be_pinned(tmp_path):
     assert "### 20 subscribers" in report
     assert next(run._pinned_ports) == base + 2  # one pinned port per case, counting up
     assert (tmp_path / "throughput.png").stat().st_size > 1000
+    assert not (tmp_path / "latency_cdf.png").exists()  # no latency scenario ran: no empty chart
 
 
 def test_tokens_runs_each_hubbub_contender_without_and_with_exp(tmp_path):

@@ -279,42 +279,45 @@ def plots(results: dict[str, list[dict]], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
+    # A chart only for what ran: an empty one would read as a result.
     # Grouped bars: one group per subscriber count, one bar per contender (two
     # x-values joined by lines on log-log axes read as a trend that is not there).
-    fig, ax = plt.subplots(figsize=(10, 5))
     groups = [name for name in ("fanout-100", "fanout-1k") if results.get(name)]
     contenders = [c for c in CONTENDERS if any(r["contender"] == c and "error" not in r
                                                for g in groups for r in results[g])]
-    width = 0.8 / max(len(contenders), 1)
-    for i, contender in enumerate(contenders):
-        heights = [next((r.get("deliveries_per_s") or 0 for r in results[g]
-                         if r["contender"] == contender and "error" not in r), 0) for g in groups]
-        ax.bar([g + i * width for g in range(len(groups))], heights, width, label=contender)
-    ax.set_xticks([g + width * (len(contenders) - 1) / 2 for g in range(len(groups))])
-    ax.set_xticklabels([f"{results[g][0].get('clients', '?'):,} subscribers" if isinstance(
-        results[g][0].get("clients"), int) else g for g in groups])
-    ax.set_yscale("log")  # the peers sit one to two orders of magnitude apart
-    ax.set_ylabel("deliveries / s")
-    ax.set_title("Fan-out throughput (saturated publishing, 100 B)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not over them
-    path = out / "throughput.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    written.append(path)
+    if contenders:
+        fig, ax = plt.subplots(figsize=(10, 5))
+        width = 0.8 / max(len(contenders), 1)
+        for i, contender in enumerate(contenders):
+            heights = [next((r.get("deliveries_per_s") or 0 for r in results[g]
+                             if r["contender"] == contender and "error" not in r), 0) for g in groups]
+            ax.bar([g + i * width for g in range(len(groups))], heights, width, label=contender)
+        ax.set_xticks([g + width * (len(contenders) - 1) / 2 for g in range(len(groups))])
+        ax.set_xticklabels([f"{results[g][0].get('clients', '?'):,} subscribers" if isinstance(
+            results[g][0].get("clients"), int) else g for g in groups])
+        ax.set_yscale("log")  # the peers sit one to two orders of magnitude apart
+        ax.set_ylabel("deliveries / s")
+        ax.set_title("Fan-out throughput (saturated publishing, 100 B)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not over them
+        path = out / "throughput.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        written.append(path)
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in results.get("latency-1k", []):
-        samples = sorted(r.get("latency_samples") or [])
-        if samples:
+    sampled = [(r["contender"], sorted(r["latency_samples"]))
+               for r in results.get("latency-1k", []) if r.get("latency_samples")]
+    if sampled:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for contender, samples in sampled:
             ax.plot([s / 1e6 for s in samples], [i / len(samples) for i in range(len(samples))],
-                    label=r["contender"])
-    ax.set_xscale("log")
-    ax.set_xlabel("publish-to-receive latency (ms)")
-    ax.set_ylabel("fraction of messages")
-    ax.set_title("Latency CDF, 1,000 subscribers x 100 msg/s")
-    ax.legend(fontsize=7)
-    path = out / "latency_cdf.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    written.append(path)
+                    label=contender)
+        ax.set_xscale("log")
+        ax.set_xlabel("publish-to-receive latency (ms)")
+        ax.set_ylabel("fraction of messages")
+        ax.set_title("Latency CDF, 1,000 subscribers x 100 msg/s")
+        ax.legend(fontsize=7)
+        path = out / "latency_cdf.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        written.append(path)
     plt.close("all")
     return written
 
