@@ -88,8 +88,16 @@ def test_quick_try_delivers_the_publication_to_curl(tmp_path):
     port = free_port_pair()
     hub = serve_dev(tmp_path, port)
     try:
-        code = for_test(snippet("quick-try"), port).replace("curl -N ", "curl -N --max-time 3 ")
-        result = subprocess.run(["bash", "-c", code + "\nwait"], capture_output=True, text=True, timeout=30,
+        code = for_test(snippet("quick-try"), port).replace("curl -N ", "curl -N --max-time 5 ")
+        # A reader sees the stream open before typing the next line; run as
+        # one script, the publish could win the race with curl's connect
+        # (seen in CI) and go out before anyone subscribed.
+        listen, rest = code.split(" &\n", 1)
+        stream = tmp_path / "stream.txt"
+        code = (f"{listen} > {stream} &\n"
+                f"for i in $(seq 100); do grep -q 'event: connected' {stream} && break; sleep 0.1; done\n"
+                f"{rest}\nwait\ncat {stream}")
+        result = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=30,
                                 env=clean_env(HUBBUB_PORT=str(port)))
     finally:
         stop(hub)
