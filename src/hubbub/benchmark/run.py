@@ -287,7 +287,7 @@ def plots(results: dict[str, list[dict]], out: Path) -> list[Path]:
                                                for g in groups for r in results[g])]
     if contenders:
         fig, ax = plt.subplots(figsize=(10, 5))
-        width = 0.8 / max(len(contenders), 1)
+        width = 0.8 / len(contenders)
         for i, contender in enumerate(contenders):
             heights = [next((r.get("deliveries_per_s") or 0 for r in results[g]
                              if r["contender"] == contender and "error" not in r), 0) for g in groups]

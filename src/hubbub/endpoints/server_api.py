@@ -41,8 +41,6 @@ DEFAULT_CODE = 4403
 # Application close codes: 4000-4999 are the WS range reserved for private
 # use (RFC 6455 7.4.2), so a backend's code never reads as a protocol close.
 MIN_CODE, MAX_CODE = 4000, 4999
-# A reason longer than a close frame carries is refused rather than cut.
-MAX_REASON_BYTES = MAX_CLOSE_REASON_BYTES
 MAX_USER_BYTES = 256
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 MAX_PREFIX_BYTES = 256
@@ -138,8 +136,8 @@ def disconnect_args(payload: dict) -> tuple[str, int, str]:
         size = len(reason.encode("utf-8"))
     except UnicodeEncodeError:
         raise HubError(400, "'reason' is not valid UTF-8") from None
-    if size > MAX_REASON_BYTES:
-        raise HubError(400, f"'reason' is {size} bytes, over the {MAX_REASON_BYTES}-byte limit")
+    if size > MAX_CLOSE_REASON_BYTES:  # more than a close frame carries: refused, not cut
+        raise HubError(400, f"'reason' is {size} bytes, over the {MAX_CLOSE_REASON_BYTES}-byte limit")
     return user, code, reason
 
 
